@@ -1,0 +1,141 @@
+"""HTTP plumbing shared by the transports: JSON and problem responses, bounded bodies, middlewares."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import orjson
+from aiohttp import hdrs, web
+
+from jmaple.config import ServerConfig
+from jmaple.core.errors import RequestError
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+GZIP_MIN = 1024
+
+
+def json_response(request: web.Request, body: Any, status: int = 200) -> web.Response:
+    """orjson-encoded JSON, gzip-compressed when the client accepts it and it is worth it."""
+    data = orjson.dumps(body)
+    response = web.Response(body=data, status=status, content_type="application/json")
+    if len(data) >= GZIP_MIN and "gzip" in request.headers.get(hdrs.ACCEPT_ENCODING, ""):
+        response.enable_compression(web.ContentCoding.gzip)
+    return response
+
+
+def problem(status: int, type: str, detail: str, **extra: Any) -> web.Response:
+    """An RFC 7807 problem details response."""
+    body = {"type": type, "status": status, "detail": detail, **extra}
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/problem+json")
+
+
+async def read_body(request: web.Request, limit: int, limit_name: str) -> bytes:
+    """The whole body, refused as soon as it passes `limit` bytes (a request-level limit error)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise RequestError("limit", 400, f"the body is larger than {limit_name} ({limit} bytes)", limit=limit_name)
+    chunks = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError("limit", 400, f"the body is larger than {limit_name} ({limit} bytes)",
+                               limit=limit_name)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class Limiter:
+    """Per-user counters of requests and uploads in progress; over the limit the answer is immediate."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, str], int] = {}
+
+    @contextlib.contextmanager
+    def slot(self, user_id: str, limit_name: str, limit: int) -> Iterator[None]:
+        key = (user_id, limit_name)
+        count = self._counts.get(key, 0)
+        if count >= limit:
+            raise RequestError("limit", 400, f"already {count} in progress; {limit_name} is {limit}",
+                               limit=limit_name)
+        self._counts[key] = count + 1
+        try:
+            yield
+        finally:
+            left = self._counts[key] - 1
+            if left:
+                self._counts[key] = left
+            else:
+                del self._counts[key]
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """RequestError -> problem+json; aiohttp's own HTTP errors keep their status; anything else is a 500."""
+    try:
+        return await handler(request)
+    except RequestError as exc:
+        return problem(exc.status, exc.type, exc.detail, **exc.extra)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/problem+json":
+            raise
+        return problem(exc.status, "about:blank", exc.reason, title=exc.reason)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return problem(500, "about:blank", "an internal error occurred; it has been logged")
+
+
+def origin_allowed(origin: str, allowed: tuple[str, ...]) -> bool:
+    """Exact origins, "*", or a port wildcard such as http://localhost:*."""
+    for pattern in allowed:
+        if pattern == "*" or pattern == origin:
+            return True
+        if pattern.endswith(":*") and re.fullmatch(re.escape(pattern[:-2]) + r"(:\d{1,5})?", origin):
+            return True
+    return False
+
+
+def cors_middleware(server: ServerConfig) -> Any:
+    """CORS for browser clients: preflight answered without credentials, allowed origins echoed."""
+    allowed = server.cors_origins
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get(hdrs.ORIGIN)
+        ok = origin is not None and origin_allowed(origin, allowed)
+        if request.method == "OPTIONS":
+            response = web.Response(status=204)
+            if ok:
+                response.headers.update({
+                    "Access-Control-Allow-Origin": origin,
+                    "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                    "Access-Control-Allow-Headers": request.headers.get(
+                        "Access-Control-Request-Headers", "Authorization, Content-Type, Accept, Last-Event-ID"),
+                    "Access-Control-Max-Age": "86400",
+                    "Vary": "Origin",
+                })
+            return response
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            response = exc
+            if ok and not response.prepared:
+                _cors_headers(response, origin)
+            raise
+        if ok and not response.prepared:
+            _cors_headers(response, origin)
+        return response
+
+    return middleware
+
+
+def _cors_headers(response: web.StreamResponse, origin: str | None) -> None:
+    assert origin is not None
+    response.headers["Access-Control-Allow-Origin"] = origin
+    response.headers["Access-Control-Expose-Headers"] = "Content-Disposition, Content-Length"
+    response.headers.add("Vary", "Origin")

@@ -1,0 +1,29 @@
+"""POST /jmap/api (RFC 8620 §3): authenticate, bound, parse, dispatch, serialise."""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+from jmaple.api.http import json_response, read_body
+from jmaple.core.errors import RequestError
+from jmaple.keys import CONFIG, DISPATCHER, LIMITER, principal_of
+
+
+def parse_json(body: bytes) -> object:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError("notJSON", 400, f"the body is not valid I-JSON: {exc}") from None
+
+
+async def api(request: web.Request) -> web.StreamResponse:
+    principal = principal_of(request)
+    limits = request.app[CONFIG].limits
+    # RFC 8620 §3.6.1: a content type other than application/json is notJSON.
+    if request.content_type != "application/json":
+        raise RequestError("notJSON", 400, "the request's Content-Type must be application/json")
+    body = parse_json(await read_body(request, limits.max_size_request, "maxSizeRequest"))
+    with request.app[LIMITER].slot(principal.user_id, "maxConcurrentRequests", limits.max_concurrent_requests):
+        response = await request.app[DISPATCHER].handle(principal, body)
+    return json_response(request, response)

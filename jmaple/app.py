@@ -1,0 +1,121 @@
+"""make_app(config) and lifespan(): the one place that wires the parts together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from jmaple.api import add_routes
+from jmaple.api.http import Limiter, cors_middleware, problem_middleware
+from jmaple.auth import Authenticator, auth_middleware
+from jmaple.config import Config
+from jmaple.core.capability import Plugin, Registry
+from jmaple.core.context import Runtime
+from jmaple.core.dispatcher import Dispatcher
+from jmaple.core.publisher import StatePublisher
+from jmaple.keys import AUTHENTICATOR, CONFIG, DISPATCHER, EXTRA_PLUGINS, LIMITER, PRINCIPAL, RUNTIME, STREAMS
+from jmaple.push.broker import PushBroker
+from jmaple.store import changes
+from jmaple.store.blobs import BlobStore
+from jmaple.store.db import Database
+
+log = logging.getLogger(__name__)
+
+DATABASE_FILE = "jmaple.sqlite3"
+BLOB_COLLECT_INTERVAL = 600.0
+TOMBSTONE_PRUNE_INTERVAL = 3600.0
+
+
+def make_broker(config: Config) -> contextlib.AbstractAsyncContextManager[PushBroker]:
+    """The broker [push] broker names: the in-process one (a Redis one is the multi-process drop-in)."""
+    return PushBroker()
+
+
+@contextlib.asynccontextmanager
+async def open_runtime(config: Config, extra: Sequence[Plugin] = ()) -> AsyncIterator[Runtime]:
+    """Registry, migrated database, broker and blob store: what the daemon and every CLI command need."""
+    registry = Registry.load(config, extra)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    async with contextlib.AsyncExitStack() as stack:
+        db = await stack.enter_async_context(Database.open(config.data_dir / DATABASE_FILE, config.storage,
+                                                           config.clock))
+        await db.migrate(registry.migrations())
+        broker = await stack.enter_async_context(make_broker(config))
+        blobs = BlobStore(config.data_dir / "blobs", config.limits)
+        yield Runtime(config, registry, db, broker, blobs)
+
+
+async def _every(interval: float, job: Callable[[], Awaitable[Any]], name: str) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await job()
+        except Exception:
+            log.exception("background job %s failed", name)
+
+
+def _tracer(kind: str, body: Any) -> None:
+    print(f"--- {kind}\n{orjson.dumps(body, option=orjson.OPT_INDENT_2).decode()}", flush=True)
+
+
+async def lifespan(app: web.Application) -> AsyncIterator[None]:
+    """Open every long-lived part in dependency order; close them in reverse."""
+    config = app[CONFIG]
+    async with contextlib.AsyncExitStack() as stack:
+        runtime = await stack.enter_async_context(open_runtime(config, app[EXTRA_PLUGINS]))
+        publisher = StatePublisher(runtime.db, runtime.broker)
+        await publisher.start()
+        app[RUNTIME] = runtime
+        app[DISPATCHER] = Dispatcher(runtime, publisher, _tracer if config.trace else None)
+        app[AUTHENTICATOR] = Authenticator(runtime.db, config.auth)
+        for plugin in runtime.registry.plugins:
+            for service in plugin.services:
+                await stack.enter_async_context(service(runtime))
+
+        async def prune() -> None:
+            async with runtime.db.write() as tx:
+                await changes.prune_tombstones(tx, tx.now - config.storage.changes_horizon_days * 86400)
+
+        tasks = [
+            asyncio.create_task(publisher.watch(), name="jmaple.watch"),
+            asyncio.create_task(_every(BLOB_COLLECT_INTERVAL, lambda: runtime.blobs.collect(runtime.db),
+                                       "blob collection"), name="jmaple.blobs"),
+            asyncio.create_task(_every(TOMBSTONE_PRUNE_INTERVAL, prune, "tombstone pruning"), name="jmaple.prune"),
+        ]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def close_streams(app: web.Application) -> None:
+    """Tell every open SSE and WebSocket stream that the server is going away, before cleanup."""
+    for stream in list(app[STREAMS]):
+        with contextlib.suppress(Exception):
+            await stream.close_for_shutdown()
+
+
+def make_app(config: Config, *, capabilities: Sequence[Plugin] = ()) -> web.Application:
+    """The aiohttp application; its parts open in lifespan()."""
+    app = web.Application(
+        middlewares=[cors_middleware(config.server), problem_middleware,
+                     auth_middleware(AUTHENTICATOR, config.server, PRINCIPAL)],
+        client_max_size=max(config.limits.max_size_request, config.limits.max_size_upload) + 1,
+    )
+    app[CONFIG] = config
+    app[EXTRA_PLUGINS] = tuple(capabilities)
+    app[STREAMS] = weakref.WeakSet()
+    app[LIMITER] = Limiter()
+    app.cleanup_ctx.append(lifespan)
+    app.on_shutdown.append(close_streams)
+    add_routes(app)
+    return app

@@ -1,0 +1,218 @@
+"""Password hashing, app passwords and tokens, the credential cache and the auth middleware -> Principal."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import ipaddress
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from jmaple.config import AuthConfig, ServerConfig
+from jmaple.core.context import Principal
+from jmaple.store import accounts
+from jmaple.store.db import Database
+
+CACHE_SECONDS = 1.0
+CACHE_SIZE = 10_000
+TRACKED_CLIENTS = 10_000
+FAILURE_MEMORY = 900.0
+WWW_AUTHENTICATE = 'Basic realm="jmaple", Bearer'
+
+
+def hash_password(password: str, config: AuthConfig) -> str:
+    """scrypt with a per-user salt, parameters kept in the string: scrypt$n$r$p$salt$hash."""
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=config.scrypt_n, r=config.scrypt_r,
+                            p=config.scrypt_p, maxmem=256 * 1024 * 1024, dklen=32)
+    return "$".join(["scrypt", str(config.scrypt_n), str(config.scrypt_r), str(config.scrypt_p),
+                     base64.b64encode(salt).decode(), base64.b64encode(digest).decode()])
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """Constant-time check of a password against hash_password's output."""
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        expected = base64.b64decode(digest)
+        got = hashlib.scrypt(password.encode("utf-8", "surrogatepass"), salt=base64.b64decode(salt), n=int(n),
+                             r=int(r), p=int(p), maxmem=256 * 1024 * 1024, dklen=len(expected))
+    except (ValueError, binascii.Error):
+        return False
+    return scheme == "scrypt" and hmac.compare_digest(got, expected)
+
+
+def new_secret(kind: str) -> str:
+    """A fresh app password or bearer token: 160 random bits, prefixed so leaks are recognisable."""
+    prefix = "jmap_" if kind == "app-password" else "jmat_"
+    return prefix + secrets.token_urlsafe(20)
+
+
+def secret_hash(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).digest()
+
+
+@dataclass
+class _Entry:
+    principal: Principal
+    checked_at: float
+
+
+class Authenticator:
+    """Verifies credentials, caches the result for a second at a time, and slows down repeated failures."""
+
+    def __init__(self, db: Database, config: AuthConfig, clock: Callable[[], float] = time.monotonic):
+        self.db = db
+        self.config = config
+        self.clock = clock
+        self._cache: OrderedDict[bytes, _Entry] = OrderedDict()
+        self._inflight: dict[bytes, asyncio.Future[Principal | None]] = {}
+        self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._dummy_hash = hash_password(secrets.token_hex(8), config)
+
+    async def authenticate(self, header: str) -> Principal | None:
+        """The Principal behind an Authorization header value, or None."""
+        key = hashlib.sha256(header.encode("utf-8", "surrogatepass")).digest()
+        now = self.clock()
+        entry = self._cache.get(key)
+        if entry is not None:
+            if now - entry.checked_at < CACHE_SECONDS:
+                return entry.principal
+            async with self.db.read() as conn:
+                version = await conn.value("SELECT version FROM users WHERE id = ?", (entry.principal.user_id,))
+            if version == entry.principal.version:
+                entry.checked_at = now
+                return entry.principal
+            self._cache.pop(key, None)
+        pending = self._inflight.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Principal | None] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            principal = await self._verify(header)
+            future.set_result(principal)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()   # retrieved: waiters re-raise it
+            raise
+        finally:
+            del self._inflight[key]
+        if principal is not None:
+            self._cache[key] = _Entry(principal, self.clock())
+            if len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return principal
+
+    async def _verify(self, header: str) -> Principal | None:
+        scheme, _, value = header.strip().partition(" ")
+        scheme = scheme.lower()
+        value = value.strip()
+        if scheme == "bearer" and value:
+            async with self.db.read() as conn:
+                found = await accounts.credential_by_hash(conn, "token", secret_hash(value))
+            if found is None:
+                return None
+            return await self.load_principal(found[1], found[0])
+        if scheme != "basic":
+            return None
+        try:
+            login, sep, password = base64.b64decode(value, validate=True).decode("utf-8").partition(":")
+        except (ValueError, binascii.Error, UnicodeDecodeError):
+            return None
+        if not sep or not login:
+            return None
+        async with self.db.read() as conn:
+            user = await accounts.user_by_login(conn, login)
+            app = await accounts.credential_by_hash(conn, "app-password", secret_hash(password))
+        if user is None:
+            await asyncio.to_thread(verify_password, password, self._dummy_hash)   # same cost either way
+            return None
+        if app is not None and app[1] == user.id:
+            return await self.load_principal(user.id, app[0])
+        if await asyncio.to_thread(verify_password, password, user.password_hash):
+            return await self.load_principal(user.id, None)
+        return None
+
+    async def load_principal(self, user_id: str, credential_id: str | None) -> Principal | None:
+        async with self.db.read() as conn:
+            user = await accounts.user_by_id(conn, user_id)
+            if user is None:
+                return None
+            access = await accounts.access(conn, user_id)
+        return Principal(user.id, user.login, user.name, credential_id,
+                         {a.account_id: a for a in access}, user.version)
+
+    def failure_delay(self, client: str) -> float:
+        """Record a failed attempt from client; the delay to impose on this answer (doubling per failure)."""
+        now = self.clock()
+        count, first = self._failures.pop(client, (0, now))
+        if now - first > FAILURE_MEMORY:
+            count, first = 0, now
+        count += 1
+        self._failures[client] = (count, first)
+        if len(self._failures) > TRACKED_CLIENTS:
+            self._failures.popitem(last=False)
+        if count <= 2:
+            return 0.0
+        return min(self.config.failure_delay_max, 0.05 * 2 ** min(count - 2, 16))
+
+
+def client_address(request: web.Request, server: ServerConfig) -> str:
+    """The client's address; behind a trusted proxy, the nearest untrusted X-Forwarded-For hop."""
+    remote = request.remote or ""
+    networks = server.proxy_networks
+    if not networks:
+        return remote
+
+    def trusted(addr: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError:
+            return False
+        return any(ip in net for net in networks)
+
+    if not trusted(remote):
+        return remote
+    hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not trusted(hop):
+            return hop
+    return hops[0] if hops else remote
+
+
+PUBLIC_PATHS = frozenset({"/.well-known/jmap", "/healthz"})
+
+
+def auth_middleware(authenticator_key: web.AppKey[Authenticator], server: ServerConfig,
+                    principal_key: web.RequestKey[Principal]) -> object:
+    """Every request but the discovery redirect, preflight and /healthz needs valid credentials."""
+    from jmaple.api.http import problem   # api depends on auth's types, not the other way round
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Callable[[web.Request], object]) -> web.StreamResponse:
+        if request.method == "OPTIONS" or request.path in PUBLIC_PATHS:
+            return await handler(request)
+        authenticator = request.app[authenticator_key]
+        header = request.headers.get("Authorization")
+        principal = await authenticator.authenticate(header) if header else None
+        if principal is None:
+            if header:
+                delay = authenticator.failure_delay(client_address(request, server))
+                if delay:
+                    await asyncio.sleep(delay)
+            response = problem(401, "about:blank", "valid credentials are required (HTTP Basic or Bearer)",
+                               title="Unauthorized")
+            response.headers["WWW-Authenticate"] = WWW_AUTHENTICATE
+            return response
+        request[principal_key] = principal
+        return await handler(request)
+
+    return middleware

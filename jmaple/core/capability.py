@@ -1,0 +1,259 @@
+"""The plugin contract and the registry (entry-point group "jmaple.capabilities")."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from jmaple.config import Config, ConfigError
+
+if TYPE_CHECKING:
+    from jmaple.core.context import MethodContext, Runtime
+    from jmaple.store.accounts import Access
+    from jmaple.store.db import Conn, Transaction
+
+log = logging.getLogger(__name__)
+
+CORE = "urn:ietf:params:jmap:core"
+ENTRY_POINT_GROUP = "jmaple.capabilities"
+# Used when the package is run from a checkout without being installed (the `jmapled` launcher).
+BUILTIN_PLUGINS = {"core": "jmaple.core.core:PLUGIN"}
+
+Handler = Callable[["MethodContext", dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A method handler and what the Dispatcher must prepare for it."""
+
+    handler: Handler
+    writes: bool = False                 # runs inside the write transaction
+    account: str | None = "accountId"    # the argument naming the account, None when there is none
+    from_account: str | None = None      # /copy: the argument naming the account read from
+    capability: str = ""                 # filled in by the registry
+
+
+class Missing:
+    """The absence of a default: the property must be given on create."""
+
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = Missing()
+
+
+@dataclass(frozen=True)
+class Property:
+    """One property of a data type, as RFC 8620 §1.1 annotates it."""
+
+    name: str
+    type: str = "String"   # Id String Int UnsignedInt Number Boolean UTCDate Date Id[] String[] Id[Boolean] Object *
+    nullable: bool = False
+    server_set: bool = False
+    immutable: bool = False
+    default: Any = REQUIRED
+    sortable: bool = False
+    counter: bool = False  # a server-maintained count: updates of counters alone set updatedProperties
+    max_length: int | None = None
+    references: str | None = None  # the data type an Id (or Id[...] keys) points to
+
+
+@dataclass(frozen=True)
+class Filter:
+    """One FilterCondition property of a generic /query: the value's type and a predicate on the object."""
+
+    type: str
+    matches: Callable[[dict[str, Any], Any], bool]
+    immutable: bool = False   # filters only on immutable properties let /queryChanges honour upToId
+
+
+class Store(Protocol):
+    """What the generic standard methods need of a type's storage; plain dicts in and out."""
+
+    async def get(self, conn: Conn, account_id: str, ids: Sequence[str] | None) -> list[dict[str, Any]]: ...
+    async def insert(self, tx: Transaction, account_id: str, objects: list[dict[str, Any]]) -> None: ...
+    async def update(self, tx: Transaction, account_id: str, objects: list[dict[str, Any]]) -> None: ...
+    async def delete(self, tx: Transaction, account_id: str, ids: list[str]) -> None: ...
+
+
+SetHook = Callable[["MethodContext", dict[str, Any], "dict[str, Any] | None"], Awaitable[None]]
+DestroyHook = Callable[["MethodContext", dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class DataType:
+    """A JMAP data type; core/methods.py derives its standard methods from this declaration."""
+
+    name: str
+    properties: tuple[Property, ...]
+    store: Store
+    standard_methods: tuple[str, ...] = ("get", "changes", "set", "query", "queryChanges", "copy")
+    filters: Mapping[str, Filter] = field(default_factory=dict)
+    id_prefix: str = ""
+    # Raise SetFailure to reject; called with (ctx, new object, old object or None) before it is written.
+    validate: SetHook | None = None
+    before_destroy: DestroyHook | None = None
+    max_objects: int | None = None       # per account: beyond it a create is overQuota
+
+    def prop(self, name: str) -> Property | None:
+        return self._by_name.get(name)
+
+    @property
+    def _by_name(self) -> dict[str, Property]:
+        cached = self.__dict__.get("_props")
+        if cached is None:
+            cached = {p.name: p for p in self.properties}
+            object.__setattr__(self, "_props", cached)
+        return cached
+
+    @property
+    def counter_properties(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.properties if p.counter)
+
+
+AccountInfo = Callable[["Config", "Access"], "dict[str, Any] | None"]
+
+
+@dataclass(frozen=True)
+class Capability:
+    """One capability URN: its session object, its account object, its types and methods."""
+
+    urn: str
+    session_info: Callable[[Config], dict[str, Any]] | None = None
+    account_info: AccountInfo | None = None   # None: not listed in accountCapabilities
+    shareable: bool = True                     # listed on accounts granted to other users
+    data_types: tuple[DataType, ...] = ()
+    methods: Mapping[str, Method] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Command:
+    """A `jmapled` subcommand brought by a plugin."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[Any], None]
+    run: Callable[[Any, Runtime], Awaitable[int]]
+
+
+AccountHook = Callable[["Transaction", str, "Runtime"], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """What a package registers under the entry-point group "jmaple.capabilities"."""
+
+    name: str
+    capabilities: tuple[Capability, ...] = ()
+    push_types: tuple[str, ...] = ()
+    migrations: str | None = None          # a package holding 0001_*.sql …
+    parse_config: Callable[[Mapping[str, Any]], Any] | None = None   # raise ValueError("key: reason")
+    on_account_created: AccountHook | None = None
+    on_account_deleted: AccountHook | None = None
+    services: tuple[Callable[[Runtime], Any], ...] = ()   # each returns an async context manager
+    commands: tuple[Command, ...] = ()
+    checks: tuple[Callable[[Runtime], Awaitable[list[str]]], ...] = ()
+
+
+class RegistryError(Exception):
+    """Two plugins claim the same name, or a plugin cannot be loaded."""
+
+
+_PLUGIN_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class Registry:
+    """Every enabled plugin, with their capabilities, methods and types indexed by name."""
+
+    def __init__(self, plugins: Sequence[Plugin], config: Config):
+        self.plugins = tuple(plugins)
+        self.capabilities: dict[str, Capability] = {}
+        self.methods: dict[str, Method] = {}
+        self.types: dict[str, DataType] = {}
+        self.type_capability: dict[str, str] = {}
+        self.push_types: dict[str, str] = {}          # type name -> capability URN
+        self.plugin_config: dict[str, Any] = {}
+        owners: dict[tuple[str, str], str] = {}
+        from jmaple.core import methods as standard   # methods imports this module
+
+        def claim(kind: str, name: str, plugin: Plugin) -> None:
+            other = owners.get((kind, name))
+            if other is not None:
+                raise RegistryError(f"{kind} {name!r} is provided by both plugin {other!r} and {plugin.name!r}")
+            owners[(kind, name)] = plugin.name
+
+        for plugin in self.plugins:
+            if not _PLUGIN_NAME.match(plugin.name):
+                raise RegistryError(f"plugin name {plugin.name!r} must match {_PLUGIN_NAME.pattern}")
+            claim("plugin", plugin.name, plugin)
+            for cap in plugin.capabilities:
+                claim("capability", cap.urn, plugin)
+                self.capabilities[cap.urn] = cap
+                for data_type in cap.data_types:
+                    claim("type", data_type.name, plugin)
+                    self.types[data_type.name] = data_type
+                    self.type_capability[data_type.name] = cap.urn
+                    self.push_types[data_type.name] = cap.urn
+                    for verb in data_type.standard_methods:
+                        name = f"{data_type.name}/{verb}"
+                        if name not in cap.methods:
+                            claim("method", name, plugin)
+                            self.methods[name] = standard.method_for(data_type, verb, cap.urn)
+                for name, method in cap.methods.items():
+                    claim("method", name, plugin)
+                    self.methods[name] = Method(method.handler, method.writes, method.account,
+                                                method.from_account, cap.urn)
+            for name in plugin.push_types:
+                claim("type", name, plugin)
+                self.push_types[name] = plugin.capabilities[0].urn if plugin.capabilities else CORE
+        for name in config.capabilities:
+            if not any(p.name == name for p in self.plugins) and config.capabilities[name].get("enabled", True):
+                raise ConfigError(f"{config.source}: [capabilities.{name}]: no such plugin is installed "
+                                  f"(installed: {', '.join(p.name for p in self.plugins)})")
+        for plugin in self.plugins:
+            table = {k: v for k, v in config.capabilities.get(plugin.name, {}).items() if k != "enabled"}
+            if plugin.parse_config is not None:
+                try:
+                    self.plugin_config[plugin.name] = plugin.parse_config(table)
+                except ValueError as exc:
+                    raise ConfigError(f"{config.source}: [capabilities.{plugin.name}] {exc}") from None
+            elif table:
+                raise ConfigError(f"{config.source}: [capabilities.{plugin.name}] {next(iter(table))}: "
+                                  f"unknown key (this plugin takes no settings)")
+
+    @classmethod
+    def load(cls, config: Config, extra: Sequence[Plugin] = ()) -> Registry:
+        """Installed plugins (entry points, or the built-ins from a checkout) plus `extra`, minus disabled ones."""
+        found: dict[str, Plugin] = {}
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                found.setdefault(ep.name, ep.load())
+            except Exception as exc:
+                raise RegistryError(f"plugin {ep.name!r} ({ep.value}) cannot be loaded: {exc}") from exc
+        for name, target in BUILTIN_PLUGINS.items():
+            if name not in found:
+                module, _, attr = target.partition(":")
+                found[name] = getattr(importlib.import_module(module), attr)
+        plugins = [p for name, p in found.items()
+                   if config.capabilities.get(name, {}).get("enabled", True) is not False]
+        plugins.sort(key=lambda p: (p.name != "core", p.name))
+        return cls([*plugins, *extra], config)
+
+    def migrations(self) -> list[tuple[str, str]]:
+        return [(p.name, p.migrations) for p in self.plugins if p.migrations]
+
+    def account_capabilities(self, config: Config, access: Access) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for urn, cap in self.capabilities.items():
+            if cap.account_info is None or not (access.is_personal or cap.shareable):
+                continue
+            info = cap.account_info(config, access)
+            if info is not None:
+                out[urn] = info
+        return out

@@ -1,0 +1,56 @@
+"""The Session resource (RFC 8620 §2)."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+
+from jmaple.core.capability import CORE
+from jmaple.core.context import Principal, Runtime
+
+
+def session_object(runtime: Runtime, principal: Principal, base_url: str) -> dict[str, Any]:
+    """The Session for a principal, with every URL absolute under base_url (no trailing slash)."""
+    registry = runtime.registry
+    config = runtime.config
+    capabilities = {urn: cap.session_info(config) if cap.session_info else {}
+                    for urn, cap in registry.capabilities.items()}
+    accounts = {}
+    primary: dict[str, str] = {}
+    for access in principal.accounts.values():
+        account_caps = registry.account_capabilities(config, access)
+        accounts[access.account_id] = {
+            "name": access.name,
+            "isPersonal": access.is_personal,
+            "isReadOnly": not access.may_write,
+            "accountCapabilities": account_caps,
+        }
+        if access.is_personal:
+            # RFC 8620 §2: primaryAccounts never names the core capability.
+            primary.update({urn: access.account_id for urn in account_caps if urn != CORE})
+    session = {
+        "capabilities": capabilities,
+        "accounts": accounts,
+        "primaryAccounts": primary,
+        "username": principal.login,
+        "apiUrl": f"{base_url}/jmap/api",
+        "downloadUrl": f"{base_url}/jmap/download/{{accountId}}/{{blobId}}/{{name}}?accept={{type}}",
+        "uploadUrl": f"{base_url}/jmap/upload/{{accountId}}/",
+        "eventSourceUrl": f"{base_url}/jmap/eventsource?types={{types}}&closeafter={{closeafter}}&ping={{ping}}",
+    }
+    session["state"] = session_state(runtime, principal)
+    return session
+
+
+def session_state(runtime: Runtime, principal: Principal) -> str:
+    """Changes when the principal's accounts or rights change, or the server's capabilities do."""
+    digest = runtime.extra.get("session_digest")
+    if digest is None:
+        registry = runtime.registry
+        described = {urn: cap.session_info(runtime.config) if cap.session_info else {}
+                     for urn, cap in registry.capabilities.items()}
+        digest = runtime.extra["session_digest"] = hashlib.sha256(
+            orjson.dumps(described, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return hashlib.sha256(f"{digest}:{principal.access_digest}".encode()).hexdigest()[:16]

@@ -1,0 +1,1 @@
+"""The core's storage: SQLite through aiosqlite, plain values in and out."""
