@@ -83,6 +83,7 @@ class Authenticator:
         now = self.clock()
         entry = self._cache.get(key)
         if entry is not None:
+            self._cache.move_to_end(key)
             if now - entry.checked_at < CACHE_SECONDS:
                 return entry.principal
             async with self.db.read() as conn:
@@ -115,9 +116,11 @@ class Authenticator:
         scheme, _, value = header.strip().partition(" ")
         scheme = scheme.lower()
         value = value.strip()
+        # The principal carries the user's version read together with the credential it was verified
+        # against: read later, a revocation committed in between would be cached as valid for good.
         if scheme == "bearer" and value:
             async with self.db.read() as conn:
-                found = await accounts.credential_by_hash(conn, "token", secret_hash(value))
+                found = await accounts.credential_user(conn, "token", secret_hash(value))
             if found is None:
                 return None
             return await self.load_principal(found[1], found[0])
@@ -131,33 +134,36 @@ class Authenticator:
             return None
         async with self.db.read() as conn:
             user = await accounts.user_by_login(conn, login)
-            app = await accounts.credential_by_hash(conn, "app-password", secret_hash(password))
+            app = await accounts.credential_user(conn, "app-password", secret_hash(password))
         if user is None:
             await asyncio.to_thread(verify_password, password, self._dummy_hash)   # same cost either way
             return None
-        if app is not None and app[1] == user.id:
-            return await self.load_principal(user.id, app[0])
+        if app is not None and app[1].id == user.id:
+            return await self.load_principal(app[1], app[0])
         if await asyncio.to_thread(verify_password, password, user.password_hash):
-            return await self.load_principal(user.id, None)
+            return await self.load_principal(user, None)
         return None
 
-    async def load_principal(self, user_id: str, credential_id: str | None) -> Principal | None:
+    async def load_principal(self, user: accounts.User, credential_id: str | None) -> Principal:
+        """The Principal of a verified user; its version is the one `user` was read at, so any change
+        committed since makes the next revalidation reload it."""
         async with self.db.read() as conn:
-            user = await accounts.user_by_id(conn, user_id)
-            if user is None:
-                return None
-            access = await accounts.access(conn, user_id)
+            access = await accounts.access(conn, user.id)
         return Principal(user.id, user.login, user.name, credential_id,
                          {a.account_id: a for a in access}, user.version)
 
     def failure_delay(self, client: str) -> float:
-        """Record a failed attempt from client; the delay to impose on this answer (doubling per failure)."""
+        """Record a failed attempt from client; the delay to impose on this answer (doubling per failure).
+
+        A client is forgotten FAILURE_MEMORY seconds after its last failure, not its first, so steady
+        guessing stays slowed.
+        """
         now = self.clock()
-        count, first = self._failures.pop(client, (0, now))
-        if now - first > FAILURE_MEMORY:
-            count, first = 0, now
+        count, last = self._failures.pop(client, (0, now))
+        if now - last > FAILURE_MEMORY:
+            count = 0
         count += 1
-        self._failures[client] = (count, first)
+        self._failures[client] = (count, now)
         if len(self._failures) > TRACKED_CLIENTS:
             self._failures.popitem(last=False)
         if count <= 2:
@@ -189,6 +195,7 @@ def client_address(request: web.Request, server: ServerConfig) -> str:
 
 
 PUBLIC_PATHS = frozenset({"/.well-known/jmap", "/healthz"})
+PUBLIC_METHODS = frozenset({"GET", "HEAD"})
 
 
 def auth_middleware(authenticator_key: web.AppKey[Authenticator], server: ServerConfig,
@@ -198,7 +205,7 @@ def auth_middleware(authenticator_key: web.AppKey[Authenticator], server: Server
 
     @web.middleware
     async def middleware(request: web.Request, handler: Callable[[web.Request], object]) -> web.StreamResponse:
-        if request.method == "OPTIONS" or request.path in PUBLIC_PATHS:
+        if request.method == "OPTIONS" or (request.method in PUBLIC_METHODS and request.path in PUBLIC_PATHS):
             return await handler(request)
         authenticator = request.app[authenticator_key]
         header = request.headers.get("Authorization")

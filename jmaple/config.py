@@ -19,6 +19,12 @@ class ConfigError(Exception):
     """A configuration value is missing, unknown, of the wrong type or impossible."""
 
 
+# JMAP numbers are I-JSON safe integers (RFC 8620 §1.3); a limit the session advertises must fit.
+MAX_SAFE_INT = 2**53 - 1
+# The maxmem auth.py passes to hashlib.scrypt; a cost beyond it would fail on every login.
+SCRYPT_MAX_MEMORY = 256 * 1024 * 1024
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)
@@ -101,7 +107,8 @@ class LimitsConfig:
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
-            _field(f.name, lambda: _check(getattr(self, f.name) >= 1, "must be at least 1"))
+            _field(f.name, lambda: _check(1 <= getattr(self, f.name) <= MAX_SAFE_INT,
+                                          f"must be between 1 and {MAX_SAFE_INT}"))
         _field("max_size_request", lambda: _check(self.max_size_request >= 10_000, "must be at least 10000"))
         _field("upload_quota", lambda: _check(self.upload_quota >= self.max_size_upload,
                                               "must be at least max_size_upload"))
@@ -118,7 +125,12 @@ class AuthConfig:
         _field("scrypt_n", lambda: _check(self.scrypt_n >= 2 and self.scrypt_n & (self.scrypt_n - 1) == 0,
                                            "must be a power of two"))
         _field("scrypt_r", lambda: _check(self.scrypt_r >= 1, "must be at least 1"))
-        _field("scrypt_p", lambda: _check(self.scrypt_p >= 1, "must be at least 1"))
+        _field("scrypt_p", lambda: _check(1 <= self.scrypt_p <= 64, "must be between 1 and 64"))
+        # OpenSSL's scrypt needs 128*r*(N+2) + 128*r*p bytes; beyond the cap every hash would fail.
+        memory = 128 * self.scrypt_r * (self.scrypt_n + 2 + self.scrypt_p)
+        _field("scrypt_n", lambda: _check(memory <= SCRYPT_MAX_MEMORY,
+                                           f"with scrypt_r = {self.scrypt_r} needs {memory >> 20} MiB per hash, "
+                                           f"more than the {SCRYPT_MAX_MEMORY >> 20} MiB allowed; lower it"))
         _field("failure_delay_max", lambda: _check(0 <= self.failure_delay_max <= 60,
                                                    "must be between 0 and 60 seconds"))
 
@@ -186,7 +198,8 @@ class Config:
             raise ConfigError(f"{path}: no such file (copy config.example.toml and edit it)") from None
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{path}: {exc}") from None
-        return cls.from_dict(raw, source=str(path))
+        config = cls.from_dict(raw, source=str(path))
+        return config.with_paths_under(path.parent)
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], *, source: str = "<config>", **overrides: Any) -> Config:
@@ -218,6 +231,18 @@ class Config:
         for section, table in raw.items():
             tables.setdefault(section, {}).update(table)
         return cls.from_dict(tables, source="<tests>", **overrides)
+
+    def with_paths_under(self, directory: Path) -> Config:
+        """Relative file paths of [server] (data_dir, TLS files) taken relative to `directory`."""
+        server = self.server
+        changes = {}
+        for key in ("data_dir", "tls_certificate", "tls_key"):
+            value = getattr(server, key)
+            if value and not Path(value).is_absolute():
+                changes[key] = str((directory / value).absolute())
+        if not changes:
+            return self
+        return dataclasses.replace(self, server=dataclasses.replace(server, **changes))
 
     def replace(self, **sections: Any) -> Config:
         """A copy with whole sections or section keys replaced: `replace(server={"listen": ...})`."""
@@ -289,7 +314,8 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: must be a string, got {value!r}")
         return value
     if typing.get_origin(hint) is tuple:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        # TOML gives lists; Config.replace() hands back the tuples a section already holds.
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where}: must be a list of strings, got {value!r}")
         return tuple(value)
     raise AssertionError(f"unsupported config type {hint}")

@@ -8,12 +8,14 @@ import re
 from jmaple.auth import hash_password, new_secret, secret_hash
 from jmaple.core.context import Runtime
 from jmaple.store import accounts
-from jmaple.store.accounts import Conflict, NotFound, User
+from jmaple.store.accounts import Access, Conflict, Credential, NotFound, User
 
 LOGIN = re.compile(r"^[^\s:\x00-\x1f\x7f]{1,254}$")
+CREDENTIAL_KINDS = ("token", "app-password")
 
 __all__ = ["Conflict", "NotFound", "create_user", "delete_user", "set_password", "create_credential",
-           "grant", "revoke_grant", "check_login"]
+           "grant", "revoke_grant", "check_login", "find_user", "list_users", "list_credentials",
+           "revoke_credential"]
 
 
 def check_login(login: str) -> None:
@@ -37,6 +39,7 @@ async def create_user(runtime: Runtime, login: str, name: str, password: str) ->
 
 
 async def find_user(runtime: Runtime, login: str) -> User:
+    """The user with this login; raises NotFound."""
     async with runtime.db.read() as conn:
         user = await accounts.user_by_login(conn, login)
     if user is None:
@@ -44,7 +47,15 @@ async def find_user(runtime: Runtime, login: str) -> User:
     return user
 
 
+async def list_users(runtime: Runtime) -> list[tuple[User, list[Access]]]:
+    """Every user by login, with the accounts each may use (their own first)."""
+    async with runtime.db.read() as conn:
+        users = await accounts.list_users(conn)
+        return [(user, await accounts.access(conn, user.id)) for user in users]
+
+
 async def delete_user(runtime: Runtime, login: str) -> None:
+    """Delete a user, their account and everything in it; raises NotFound."""
     user = await find_user(runtime, login)
     async with runtime.db.write() as tx:
         for plugin in runtime.registry.plugins:
@@ -54,6 +65,7 @@ async def delete_user(runtime: Runtime, login: str) -> None:
 
 
 async def set_password(runtime: Runtime, login: str, password: str) -> None:
+    """Replace a user's password; sessions using the old one stop working within a second."""
     user = await find_user(runtime, login)
     password_hash = await asyncio.to_thread(hash_password, password, runtime.config.auth)
     async with runtime.db.write() as tx:
@@ -61,13 +73,36 @@ async def set_password(runtime: Runtime, login: str, password: str) -> None:
 
 
 async def create_credential(runtime: Runtime, login: str, kind: str, label: str) -> tuple[str, str]:
-    """(credential id, secret): the secret is shown once and stored only as its SHA-256."""
+    """(credential id, secret): the secret is shown once and stored only as its SHA-256.
+
+    `kind` is "token" (HTTP Bearer) or "app-password" (HTTP Basic with the login).
+    """
+    if kind not in CREDENTIAL_KINDS:
+        raise ValueError(f"a credential is one of {', '.join(CREDENTIAL_KINDS)}, not {kind!r}")
     user = await find_user(runtime, login)
     secret = new_secret(kind)
     credential_id = "c" + runtime.config.new_id()
     async with runtime.db.write() as tx:
         await accounts.add_credential(tx, credential_id, user.id, kind, label, secret_hash(secret))
     return credential_id, secret
+
+
+async def list_credentials(runtime: Runtime, login: str) -> list[Credential]:
+    """A user's app passwords and tokens (never their secrets), oldest first."""
+    user = await find_user(runtime, login)
+    async with runtime.db.read() as conn:
+        return await accounts.credentials(conn, user.id)
+
+
+async def revoke_credential(runtime: Runtime, login: str, credential_id: str) -> None:
+    """Delete one of a user's credentials; it stops working within a second. Raises NotFound."""
+    user = await find_user(runtime, login)
+    async with runtime.db.write() as tx:
+        try:
+            await accounts.revoke_credential(tx, user.id, credential_id)
+        except NotFound:
+            raise NotFound(f"{login} has no credential {credential_id!r} (see `jmapled token list {login}`)") \
+                from None
 
 
 async def grant(runtime: Runtime, login: str, owner: str, may_write: bool) -> str:
@@ -80,8 +115,12 @@ async def grant(runtime: Runtime, login: str, owner: str, may_write: bool) -> st
 
 
 async def revoke_grant(runtime: Runtime, login: str, owner: str) -> str:
+    """Take back what grant() gave; returns the account id. Raises NotFound."""
     user = await find_user(runtime, login)
     async with runtime.db.write() as tx:
         account_id = await accounts.resolve_account(tx, owner)
-        await accounts.revoke_grant(tx, user.id, account_id)
+        try:
+            await accounts.revoke_grant(tx, user.id, account_id)
+        except NotFound:
+            raise NotFound(f"{login} has no grant on {owner} (see `jmapled user list`)") from None
     return account_id

@@ -1,6 +1,9 @@
-"""A small third-party capability used only by the tests: Note, with /get /set /changes /query /copy.
+"""A small third-party capability used only by the tests: Note, Notebook and NoteSettings.
 
-It touches nothing in the core: a plugin with its own migration, storage, data type and filters.
+It touches nothing in the core: a plugin with its own migrations, storage, data types and filters.
+Note has the standard methods of RFC 8620 §5 (with references to other Notes and to Notebooks);
+Notebook keeps a server-maintained counter, noteCount, so its /changes reports updatedProperties;
+NoteSettings is a singleton.
 """
 
 from __future__ import annotations
@@ -13,46 +16,97 @@ import orjson
 
 from jmaple.core.capability import Capability, DataType, Filter, Plugin, Property
 from jmaple.core.errors import SetFailure
+from jmaple.store import changes
 from jmaple.store.db import Conn, Transaction
 
 NOTES = "https://jmaple.test/notes"
+MAX_NOTE_SIZE = 10_000
 
 
-class NoteStore:
+class JsonStore:
+    """Objects kept whole as JSON, one table per type."""
+
+    def __init__(self, table: str):
+        self.table = table
+
     async def get(self, conn: Conn, account_id: str, ids: Sequence[str] | None) -> list[dict[str, Any]]:
         if ids is None:
-            rows = await conn.all("SELECT data FROM test_notes WHERE account_id = ? ORDER BY id", (account_id,))
+            rows = await conn.all(f"SELECT data FROM {self.table} WHERE account_id = ? ORDER BY id", (account_id,))
         else:
             if not ids:
                 return []
             rows = await conn.all(
-                f"SELECT data FROM test_notes WHERE account_id = ? AND id IN ({','.join('?' * len(ids))})",
+                f"SELECT data FROM {self.table} WHERE account_id = ? AND id IN ({','.join('?' * len(ids))})",
                 (account_id, *ids))
         return [orjson.loads(r[0]) for r in rows]
 
     async def insert(self, tx: Transaction, account_id: str, objects: list[dict[str, Any]]) -> None:
-        await tx.executemany("INSERT INTO test_notes (account_id, id, data) VALUES (?, ?, ?)",
+        await tx.executemany(f"INSERT INTO {self.table} (account_id, id, data) VALUES (?, ?, ?)",
                              [(account_id, o["id"], orjson.dumps(o)) for o in objects])
 
     async def update(self, tx: Transaction, account_id: str, objects: list[dict[str, Any]]) -> None:
-        await tx.executemany("UPDATE test_notes SET data = ? WHERE account_id = ? AND id = ?",
+        await tx.executemany(f"UPDATE {self.table} SET data = ? WHERE account_id = ? AND id = ?",
                              [(orjson.dumps(o), account_id, o["id"]) for o in objects])
 
     async def delete(self, tx: Transaction, account_id: str, ids: list[str]) -> None:
-        await tx.executemany("DELETE FROM test_notes WHERE account_id = ? AND id = ?",
+        await tx.executemany(f"DELETE FROM {self.table} WHERE account_id = ? AND id = ?",
                              [(account_id, i) for i in ids])
 
 
+class NoteStore(JsonStore):
+    """Notes; writing one moves the noteCount of the Notebooks it leaves and joins."""
+
+    async def insert(self, tx: Transaction, account_id: str, objects: list[dict[str, Any]]) -> None:
+        await super().insert(tx, account_id, objects)
+        await count_notes(tx, account_id, [o.get("notebookId") for o in objects], [])
+
+    async def update(self, tx: Transaction, account_id: str, objects: list[dict[str, Any]]) -> None:
+        old = {o["id"]: o for o in await self.get(tx, account_id, [o["id"] for o in objects])}
+        await super().update(tx, account_id, objects)
+        moved = [(o.get("notebookId"), old[o["id"]].get("notebookId")) for o in objects
+                 if o.get("notebookId") != old[o["id"]].get("notebookId")]
+        await count_notes(tx, account_id, [new for new, _ in moved], [gone for _, gone in moved])
+
+    async def delete(self, tx: Transaction, account_id: str, ids: list[str]) -> None:
+        old = await self.get(tx, account_id, ids)
+        await super().delete(tx, account_id, ids)
+        await count_notes(tx, account_id, [], [o.get("notebookId") for o in old])
+
+
+async def count_notes(tx: Transaction, account_id: str, joined: list[str | None], left: list[str | None]) -> None:
+    """Move noteCount of the Notebooks notes joined and left; a change of the counter alone."""
+    delta: dict[str, int] = {}
+    for notebook_id in joined:
+        if notebook_id:
+            delta[notebook_id] = delta.get(notebook_id, 0) + 1
+    for notebook_id in left:
+        if notebook_id:
+            delta[notebook_id] = delta.get(notebook_id, 0) - 1
+    delta = {k: v for k, v in delta.items() if v}
+    if not delta:
+        return
+    notebooks = await NOTEBOOK.store.get(tx, account_id, list(delta))
+    for notebook in notebooks:
+        notebook["noteCount"] += delta[notebook["id"]]
+    await JsonStore.update(NOTEBOOK.store, tx, account_id, notebooks)
+    await changes.record(tx, account_id, "Notebook", counters_only=[n["id"] for n in notebooks])
+
+
 async def validate(ctx: Any, new: dict[str, Any], old: dict[str, Any] | None) -> None:
-    if new.get("title") == "forbidden":
+    title = new.get("title")
+    if title == "forbidden":
         raise SetFailure("forbidden", "that title is not allowed")
+    if title == "crash":
+        raise RuntimeError("validate crashed (a test of serverFail and rollback)")
     if old is None:
         new["createdAt"] = datetime.fromtimestamp(ctx.runtime.config.clock(), timezone.utc).strftime(
             "%Y-%m-%dT%H:%M:%SZ")
-    if new.get("parentId") is not None:
-        found = await NOTE.store.get(ctx.conn, ctx.account_id, [new["parentId"]])
-        if not found:
+    if new.get("parentId") is not None and new["parentId"] != (old or {}).get("parentId"):
+        if new["parentId"] == new["id"] or not await NOTE.store.get(ctx.conn, ctx.account_id, [new["parentId"]]):
             raise SetFailure("invalidProperties", "no such parent", ("parentId",))
+    if new.get("notebookId") is not None and new["notebookId"] != (old or {}).get("notebookId"):
+        if not await NOTEBOOK.store.get(ctx.conn, ctx.account_id, [new["notebookId"]]):
+            raise SetFailure("invalidProperties", "no such notebook", ("notebookId",))
     new["size"] = len(new.get("body", ""))
 
 
@@ -71,25 +125,78 @@ NOTE = DataType(
         Property("pinned", "Boolean", default=False, sortable=True),
         Property("rank", "Int", default=0, sortable=True),
         Property("parentId", "Id", nullable=True, default=None, references="Note"),
+        Property("notebookId", "Id", nullable=True, default=None, references="Notebook"),
         Property("tags", "String[Boolean]", default={}),
         Property("createdAt", "UTCDate", server_set=True, sortable=True),
         Property("size", "UnsignedInt", server_set=True, sortable=True),
     ),
-    store=NoteStore(),
+    store=NoteStore("test_notes"),
     filters={
         "title": Filter("String", lambda o, v: v.lower() in o.get("title", "").lower()),
         "pinned": Filter("Boolean", lambda o, v: o.get("pinned") is v),
         "minRank": Filter("Int", lambda o, v: o.get("rank", 0) >= v),
         "hasTag": Filter("String", lambda o, v: v in o.get("tags", {})),
+        "createdBefore": Filter("UTCDate", lambda o, v: o["createdAt"] < v, immutable=True),
     },
     validate=validate,
     before_destroy=before_destroy,
+    max_size=MAX_NOTE_SIZE,
+)
+
+
+async def before_destroy_notebook(ctx: Any, obj: dict[str, Any]) -> None:
+    if obj["noteCount"]:
+        raise SetFailure("notebookHasNotes", f"{obj['noteCount']} notes are still in it")
+
+
+NOTEBOOK = DataType(
+    name="Notebook",
+    id_prefix="B",
+    properties=(
+        Property("id", "Id", server_set=True, immutable=True, sortable=True),
+        Property("name", "String", sortable=True, max_length=100),
+        Property("noteCount", "UnsignedInt", server_set=True, default=0, counter=True, sortable=True),
+    ),
+    store=JsonStore("test_notebooks"),
+    standard_methods=("get", "changes", "set", "query", "queryChanges"),
+    filters={"name": Filter("String", lambda o, v: o["name"] == v)},
+    before_destroy=before_destroy_notebook,
+    max_objects=5,
+)
+
+
+class SettingsStore(JsonStore):
+    """The one NoteSettings of an account; read as the defaults until it is first written."""
+
+    async def get(self, conn: Conn, account_id: str, ids: Sequence[str] | None) -> list[dict[str, Any]]:
+        if ids is not None and "singleton" not in ids:
+            return []
+        stored = await super().get(conn, account_id, ["singleton"])
+        return stored or [{"id": "singleton", "defaultSort": "title", "showPinnedFirst": True}]
+
+    async def update(self, tx: Transaction, account_id: str, objects: list[dict[str, Any]]) -> None:
+        await tx.executemany(
+            f"INSERT INTO {self.table} (account_id, id, data) VALUES (?, ?, ?)"
+            " ON CONFLICT (account_id, id) DO UPDATE SET data = excluded.data",
+            [(account_id, o["id"], orjson.dumps(o)) for o in objects])
+
+
+NOTE_SETTINGS = DataType(
+    name="NoteSettings",
+    properties=(
+        Property("id", "Id", server_set=True, immutable=True),
+        Property("defaultSort", "String", default="title"),
+        Property("showPinnedFirst", "Boolean", default=True),
+    ),
+    store=SettingsStore("test_note_settings"),
+    standard_methods=("get", "changes", "set"),
+    singleton=True,
 )
 
 PLUGIN = Plugin(
     name="notes",
-    capabilities=(Capability(NOTES, session_info=lambda config: {"maxNoteSize": 10000},
+    capabilities=(Capability(NOTES, session_info=lambda config: {"maxNoteSize": MAX_NOTE_SIZE},
                              account_info=lambda config, access: {"canPin": access.may_write},
-                             data_types=(NOTE,)),),
+                             data_types=(NOTE, NOTEBOOK, NOTE_SETTINGS)),),
     migrations="notes_migrations",
 )

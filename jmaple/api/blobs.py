@@ -11,8 +11,10 @@ from jmaple.api.http import json_response, problem, read_body
 from jmaple.keys import CONFIG, LIMITER, RUNTIME, principal_of
 from jmaple.store.blobs import is_blob_id
 
-MEDIA_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
-                        r"(\s*;\s*[A-Za-z0-9!#$&^_.+-]+=(\"[^\"\\\r\n]*\"|[A-Za-z0-9!#$&^_.+-]+))*$")
+# RFC 6838 §4.2 names with optional parameters; always used with fullmatch (a "$" would let a trailing
+# newline through into a response header).
+MEDIA_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
+                        r"([ \t]*;[ \t]*[A-Za-z0-9!#$&^_.+-]+=(\"[\x20\x21\x23-\x5b\x5d-\x7e]*\"|[A-Za-z0-9!#$&^_.+-]+))*")
 DEFAULT_TYPE = "application/octet-stream"
 
 
@@ -24,9 +26,9 @@ async def upload(request: web.Request) -> web.StreamResponse:
     if not principal.may_read(account_id):
         return problem(404, "about:blank", f"no account {account_id} is available to you")
     if not principal.may_write(account_id):
-        return problem(403, "urn:ietf:params:jmap:error:forbidden", "this account is shared with you read-only")
+        return problem(403, "about:blank", "this account is shared with you read-only", title="Forbidden")
     content_type = request.headers.get("Content-Type", DEFAULT_TYPE).strip()
-    if not MEDIA_TYPE.match(content_type):
+    if not MEDIA_TYPE.fullmatch(content_type):
         content_type = DEFAULT_TYPE
     with request.app[LIMITER].slot(principal.user_id, "maxConcurrentUpload", limits.max_concurrent_upload):
         data = await read_body(request, limits.max_size_upload, "maxSizeUpload")
@@ -51,14 +53,14 @@ async def download(request: web.Request) -> web.StreamResponse:
     if not principal.may_read(account_id) or not is_blob_id(blob_id):
         return not_found
     async with runtime.db.read() as conn:
-        if not await runtime.blobs.may_read(conn, account_id, blob_id):
+        if not await runtime.blobs.may_read(conn, account_id, blob_id, user_id=principal.user_id):
             return not_found
     path = runtime.blobs.path(blob_id)
     if not path.exists():
         return not_found
     accept = request.query.get("accept", DEFAULT_TYPE)
     headers = {
-        "Content-Type": accept if MEDIA_TYPE.match(accept) else DEFAULT_TYPE,
+        "Content-Type": accept if MEDIA_TYPE.fullmatch(accept) else DEFAULT_TYPE,
         "Content-Disposition": content_disposition(name),
         "Cache-Control": "private, immutable, max-age=31536000",
         "X-Content-Type-Options": "nosniff",

@@ -20,12 +20,34 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 GZIP_MIN = 1024
 
 
+def accepts_gzip(header: str) -> bool:
+    """Whether an Accept-Encoding value allows gzip (by name or "*"), honouring q=0 (RFC 9110 §12.5.3)."""
+    allowed: dict[str, bool] = {}
+    for item in header.lower().split(","):
+        coding, *params = (part.strip() for part in item.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if coding in ("gzip", "x-gzip", "*"):
+            allowed[coding] = q > 0
+    if "gzip" in allowed or "x-gzip" in allowed:
+        return allowed.get("gzip", False) or allowed.get("x-gzip", False)
+    return allowed.get("*", False)
+
+
 def json_response(request: web.Request, body: Any, status: int = 200) -> web.Response:
     """orjson-encoded JSON, gzip-compressed when the client accepts it and it is worth it."""
     data = orjson.dumps(body)
     response = web.Response(body=data, status=status, content_type="application/json")
-    if len(data) >= GZIP_MIN and "gzip" in request.headers.get(hdrs.ACCEPT_ENCODING, ""):
-        response.enable_compression(web.ContentCoding.gzip)
+    if len(data) >= GZIP_MIN:
+        response.headers[hdrs.VARY] = hdrs.ACCEPT_ENCODING
+        if accepts_gzip(request.headers.get(hdrs.ACCEPT_ENCODING, "")):
+            response.enable_compression(web.ContentCoding.gzip)
     return response
 
 
@@ -56,6 +78,10 @@ class Limiter:
     def __init__(self) -> None:
         self._counts: dict[tuple[str, str], int] = {}
 
+    def in_progress(self, user_id: str, limit_name: str) -> int:
+        """How many slots of limit_name the user holds right now."""
+        return self._counts.get((user_id, limit_name), 0)
+
     @contextlib.contextmanager
     def slot(self, user_id: str, limit_name: str, limit: int) -> Iterator[None]:
         key = (user_id, limit_name)
@@ -84,7 +110,10 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/problem+json":
             raise
-        return problem(exc.status, "about:blank", exc.reason, title=exc.reason)
+        response = problem(exc.status, "about:blank", exc.reason, title=exc.reason)
+        if hdrs.ALLOW in exc.headers:
+            response.headers[hdrs.ALLOW] = exc.headers[hdrs.ALLOW]
+        return response
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return problem(500, "about:blank", "an internal error occurred; it has been logged")
@@ -109,7 +138,7 @@ def cors_middleware(server: ServerConfig) -> Any:
         origin = request.headers.get(hdrs.ORIGIN)
         ok = origin is not None and origin_allowed(origin, allowed)
         if request.method == "OPTIONS":
-            response = web.Response(status=204)
+            response = web.Response(status=204, headers={"Vary": "Origin"})
             if ok:
                 response.headers.update({
                     "Access-Control-Allow-Origin": origin,
@@ -117,7 +146,6 @@ def cors_middleware(server: ServerConfig) -> Any:
                     "Access-Control-Allow-Headers": request.headers.get(
                         "Access-Control-Request-Headers", "Authorization, Content-Type, Accept, Last-Event-ID"),
                     "Access-Control-Max-Age": "86400",
-                    "Vary": "Origin",
                 })
             return response
         try:
@@ -137,5 +165,5 @@ def cors_middleware(server: ServerConfig) -> Any:
 def _cors_headers(response: web.StreamResponse, origin: str | None) -> None:
     assert origin is not None
     response.headers["Access-Control-Allow-Origin"] = origin
-    response.headers["Access-Control-Expose-Headers"] = "Content-Disposition, Content-Length"
+    response.headers["Access-Control-Expose-Headers"] = "Content-Disposition, Content-Length, WWW-Authenticate"
     response.headers.add("Vary", "Origin")

@@ -100,6 +100,10 @@ class DataType:
     validate: SetHook | None = None
     before_destroy: DestroyHook | None = None
     max_objects: int | None = None       # per account: beyond it a create is overQuota
+    max_size: int | None = None          # bytes of an object's JSON: beyond it a create/update is tooLarge
+    # One object per account with the id "singleton" (RFC 8620 §5.3): create and destroy are refused
+    # with the SetError "singleton"; the store answers for it even before it was first written.
+    singleton: bool = False
 
     def prop(self, name: str) -> Property | None:
         return self._by_name.get(name)
@@ -126,8 +130,10 @@ class Capability:
 
     urn: str
     session_info: Callable[[Config], dict[str, Any]] | None = None
-    account_info: AccountInfo | None = None   # None: not listed in accountCapabilities
-    shareable: bool = True                     # listed on accounts granted to other users
+    # The object in an account's accountCapabilities: None here lists {} for every account; a function
+    # returning None means that account does not have the capability (accountNotSupportedByMethod).
+    account_info: AccountInfo | None = None
+    shareable: bool = True                     # available on accounts granted to other users
     data_types: tuple[DataType, ...] = ()
     methods: Mapping[str, Method] = field(default_factory=dict)
 
@@ -212,8 +218,9 @@ class Registry:
             for name in plugin.push_types:
                 claim("type", name, plugin)
                 self.push_types[name] = plugin.capabilities[0].urn if plugin.capabilities else CORE
+        installed = {p.name for p in self.plugins}
         for name in config.capabilities:
-            if not any(p.name == name for p in self.plugins) and config.capabilities[name].get("enabled", True):
+            if name not in installed and _enabled(config, name):
                 raise ConfigError(f"{config.source}: [capabilities.{name}]: no such plugin is installed "
                                   f"(installed: {', '.join(p.name for p in self.plugins)})")
         for plugin in self.plugins:
@@ -229,31 +236,56 @@ class Registry:
 
     @classmethod
     def load(cls, config: Config, extra: Sequence[Plugin] = ()) -> Registry:
-        """Installed plugins (entry points, or the built-ins from a checkout) plus `extra`, minus disabled ones."""
+        """Installed plugins (entry points, or the built-ins from a checkout) plus `extra`, minus disabled ones.
+
+        Raises RegistryError for a plugin that cannot be loaded or a name claimed twice, and ConfigError
+        for a bad [capabilities.<name>] table.
+        """
         found: dict[str, Plugin] = {}
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             try:
-                found.setdefault(ep.name, ep.load())
+                plugin = ep.load()
             except Exception as exc:
                 raise RegistryError(f"plugin {ep.name!r} ({ep.value}) cannot be loaded: {exc}") from exc
+            if not isinstance(plugin, Plugin):
+                raise RegistryError(f"plugin {ep.name!r} ({ep.value}) is not a jmaple Plugin")
+            found.setdefault(plugin.name, plugin)
         for name, target in BUILTIN_PLUGINS.items():
             if name not in found:
                 module, _, attr = target.partition(":")
                 found[name] = getattr(importlib.import_module(module), attr)
-        plugins = [p for name, p in found.items()
-                   if config.capabilities.get(name, {}).get("enabled", True) is not False]
-        plugins.sort(key=lambda p: (p.name != "core", p.name))
-        return cls([*plugins, *extra], config)
+        plugins = sorted(found.values(), key=lambda p: (p.name != "core", p.name))
+        if not _enabled(config, "core"):
+            raise ConfigError(f"{config.source}: [capabilities.core] enabled: the core cannot be switched off")
+        return cls([p for p in [*plugins, *extra] if _enabled(config, p.name)], config)
 
     def migrations(self) -> list[tuple[str, str]]:
         return [(p.name, p.migrations) for p in self.plugins if p.migrations]
 
+    def account_capability(self, config: Config, access: Access, urn: str) -> dict[str, Any] | None:
+        """The capability's object for this account, or None when the account does not support it."""
+        cap = self.capabilities[urn]
+        if not (access.is_personal or cap.shareable):
+            return None
+        if cap.account_info is None:
+            return {}
+        return cap.account_info(config, access)
+
     def account_capabilities(self, config: Config, access: Access) -> dict[str, Any]:
+        """The accountCapabilities of one account (RFC 8620 §2); the core is implied, never listed."""
         out: dict[str, Any] = {}
-        for urn, cap in self.capabilities.items():
-            if cap.account_info is None or not (access.is_personal or cap.shareable):
+        for urn in self.capabilities:
+            if urn == CORE:
                 continue
-            info = cap.account_info(config, access)
+            info = self.account_capability(config, access, urn)
             if info is not None:
                 out[urn] = info
         return out
+
+
+def _enabled(config: Config, name: str) -> bool:
+    """[capabilities.<name>] enabled, true unless set; raises ConfigError for a value that is not a Boolean."""
+    value = config.capabilities.get(name, {}).get("enabled", True)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{config.source}: [capabilities.{name}] enabled: must be true or false, got {value!r}")
+    return value

@@ -44,7 +44,8 @@ async def blob_copy(ctx: MethodContext, args: dict[str, Any]) -> dict[str, Any]:
     tx = ctx.conn
     assert isinstance(tx, Transaction)
     blobs = ctx.runtime.blobs
-    readable = await blobs.readable(tx, from_account, [b for b in blob_ids if is_blob_id(b)])
+    readable = await blobs.readable(tx, from_account, [b for b in blob_ids if is_blob_id(b)],
+                                    user_id=ctx.principal.user_id)
     copied = [b for b in dict.fromkeys(blob_ids) if b in readable]
     await blobs.grant_upload(tx, ctx.account_id, ctx.principal.user_id, copied)
     missing = {b: SetError("blobNotFound").to_json() for b in blob_ids if b not in readable}
@@ -54,10 +55,6 @@ async def blob_copy(ctx: MethodContext, args: dict[str, Any]) -> dict[str, Any]:
         "copied": {b: b for b in copied} or None,
         "notCopied": missing or None,
     }
-
-
-def core_account_info(config: Config, access: Any) -> dict[str, Any] | None:
-    return None
 
 
 PLUGIN = Plugin(

@@ -19,6 +19,29 @@ log = logging.getLogger(__name__)
 
 Response = dict[str, Any]
 
+# Arguments nested deeper than this are refused: orjson writes at most 254 levels, and a response
+# wraps a method's arguments in a few more (Core/echo sends them straight back).
+MAX_ARGUMENT_DEPTH = 128
+
+
+def nesting_depth(value: Any, limit: int) -> int:
+    """How deep arrays and objects nest in value, counting no further than limit + 1 (no recursion)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if depth > limit:
+            break
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
+
 
 def parse_request(body: Any, known: Callable[[str], bool], max_calls: int) -> tuple[list[str], list[Any], Any]:
     """Check the Request object (RFC 8620 §3.3); raises RequestError before anything runs."""
@@ -37,8 +60,8 @@ def parse_request(body: Any, known: Callable[[str], bool], max_calls: int) -> tu
             raise RequestError("notRequest", 400,
                                "each method call must be [name (String), arguments (Object), call id (String)]")
     if created_ids is not None and not (isinstance(created_ids, dict) and all(
-            isinstance(v, str) and is_id(v) for v in created_ids.values())):
-        raise RequestError("notRequest", 400, "createdIds must map creation ids to Ids")
+            is_id(k) and is_id(v) for k, v in created_ids.items())):
+        raise RequestError("notRequest", 400, "createdIds must map creation ids (Ids) to Ids")
     for urn in using:
         if not known(urn):
             raise RequestError("unknownCapability", 400, f"the server does not support {urn}")
@@ -102,6 +125,8 @@ class Dispatcher:
                 method = self.registry.methods.get(name)
                 if method is None or method.capability not in used:
                     raise MethodError("unknownMethod", f"{name} is not a method of the capabilities in using")
+                if nesting_depth(args, MAX_ARGUMENT_DEPTH) > MAX_ARGUMENT_DEPTH:
+                    raise invalid_arguments(f"the arguments nest deeper than {MAX_ARGUMENT_DEPTH} levels")
                 args = resolve_references(args, responses)
                 result, extra = await self._call(principal, method, name, args, call_id, created_ids)
             except MethodError as exc:
@@ -126,8 +151,8 @@ class Dispatcher:
         access = principal.accounts.get(account_id)
         if access is None:
             raise MethodError(f"{prefix}AccountNotFound" if prefix else "accountNotFound")
-        cap = self.registry.capabilities[method.capability]
-        if method.capability != CORE and not (access.is_personal or cap.shareable):
+        if method.capability != CORE and self.registry.account_capability(
+                self.runtime.config, access, method.capability) is None:
             raise MethodError(f"{prefix}AccountNotSupportedByMethod" if prefix else "accountNotSupportedByMethod")
         return account_id
 
@@ -141,23 +166,33 @@ class Dispatcher:
         if method.writes and method.account is not None and not principal.may_write(account_id):
             raise MethodError("accountReadOnly", "this account is shared with you read-only")
         db = self.runtime.db
+        # The call works on a copy of the creation ids: a call that fails leaves no ids of objects
+        # that were rolled back (RFC 8620 §3.6.2: a failed method changes nothing).
+        created = dict(created_ids)
+        changed: dict[str, dict[str, int]] = {}
         try:
             if method.writes:
                 async with db.write() as tx:
-                    ctx = MethodContext(self.runtime, principal, account_id, tx, created_ids, call_id, name)
+                    ctx = MethodContext(self.runtime, principal, account_id, tx, created, call_id, name)
                     result = await method.handler(ctx, args)
                     changed = tx.changed
-                await self.publisher.publish(changed)
             else:
                 async with db.read() as conn:
-                    ctx = MethodContext(self.runtime, principal, account_id, conn, created_ids, call_id, name)
+                    ctx = MethodContext(self.runtime, principal, account_id, conn, created, call_id, name)
                     result = await method.handler(ctx, args)
         except MethodError:
             raise
         except Busy:
-            log.warning("%s (%s): database busy", name, call_id)
+            log.warning("%s (call %s): database busy", name, call_id)
             raise MethodError("serverUnavailable", "the database is busy; try again shortly") from None
         except Exception:
             log.exception("%s (call %s) failed", name, call_id)
             raise MethodError("serverFail", "an internal error occurred; it has been logged") from None
+        created_ids.update(created)
+        if changed:
+            try:
+                await self.publisher.publish(changed)
+            except Exception:
+                # Committed already: the call succeeded, and a push failure must not turn it into an error.
+                log.exception("%s (call %s): publishing %s failed", name, call_id, changed)
         return result, ctx.extra_responses

@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from jmaple.core.capability import REQUIRED, DataType, Method, Property
 from jmaple.core.context import MethodContext
 from jmaple.core.errors import MethodError, SetError, SetFailure, invalid_arguments, invalid_properties
@@ -119,7 +121,8 @@ def check_count(ctx: MethodContext, count: int, limit: int, what: str) -> None:
 
 def state_int(value: str) -> int | None:
     """Our state strings are decimal modseqs; anything else is a state we cannot have issued."""
-    if value.isdigit() and len(value) < 19:
+    # str.isdigit() alone also accepts "²" and other non-ASCII digits; only our own spelling counts.
+    if value.isascii() and value.isdigit() and len(value) < 19 and str(int(value)) == value:
         return int(value)
     return None
 
@@ -187,12 +190,15 @@ async def changes_response(ctx: MethodContext, type_name: str, since_state: str,
     has_more = max_changes is not None and len(rows) > max_changes
     if has_more:
         rows = rows[:max_changes]
-    new_state = rows[-1].modseq if has_more else max(current, rows[-1].modseq if rows else since)
+    # A page ends where its last object was first seen; every object up to there is in it.
+    # Without more to come, the state is the newest change read (rows may be newer than `current`).
+    new_state = rows[-1].page_modseq if has_more else max(current, since, *(r.modseq for r in rows))
     created, updated, destroyed = [], [], []
     only_counters = bool(counters)
     for row in rows:
         if row.created_modseq > since:
-            if not row.is_destroyed:
+            # Created and destroyed within this page: the client never needs to hear of it.
+            if not (row.is_destroyed and row.modseq <= new_state):
                 created.append(row.object_id)
         elif row.is_destroyed:
             destroyed.append(row.object_id)
@@ -253,9 +259,15 @@ def _check_type(prop: Property, value: Any, ctx: MethodContext) -> Any:
     elif kind in ("UTCDate", "Date"):
         if not is_date(value, kind == "UTCDate"):
             raise bad
-    elif kind in ("Id[]", "String[]"):
-        if not isinstance(value, list) or not all(is_id(v) if kind == "Id[]" else isinstance(v, str)
-                                                  for v in value):
+    elif kind == "Id[]":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise bad
+        resolved_ids = [ctx.resolve_id(v) if v.startswith("#") and prop.references else v for v in value]
+        if not all(is_id(v) for v in resolved_ids):
+            raise invalid_properties(f"{prop.name} must hold Ids of existing or created objects", prop.name)
+        return resolved_ids
+    elif kind == "String[]":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise bad
     elif kind in ("Id[Boolean]", "String[Boolean]"):
         if not isinstance(value, dict) or not all(v is True for v in value.values()):
@@ -283,6 +295,8 @@ def _creation_refs(data_type: DataType, obj: dict[str, Any]) -> set[str]:
             refs.add(value[1:])
         elif prop.type == "Id[Boolean]" and isinstance(value, dict):
             refs.update(k[1:] for k in value if isinstance(k, str) and k.startswith("#"))
+        elif prop.type == "Id[]" and isinstance(value, list):
+            refs.update(v[1:] for v in value if isinstance(v, str) and v.startswith("#"))
     return refs
 
 
@@ -362,6 +376,15 @@ def new_object(ctx: MethodContext, data_type: DataType, given: Any) -> dict[str,
     return obj
 
 
+def check_size(data_type: DataType, obj: dict[str, Any]) -> None:
+    """Raise SetFailure tooLarge when the object's JSON is over the type's max_size."""
+    if data_type.max_size is not None:
+        size = len(orjson.dumps(obj))
+        if size > data_type.max_size:
+            raise SetFailure("tooLarge", f"the object is {size} bytes; the limit is {data_type.max_size}",
+                             maxSize=data_type.max_size)
+
+
 def defaults(data_type: DataType) -> dict[str, Any]:
     return {p.name: p.default for p in data_type.properties if p.default is not REQUIRED}
 
@@ -404,6 +427,8 @@ async def apply_set(ctx: MethodContext, data_type: DataType, if_in_state: str | 
         try:
             if not is_id(cid):
                 raise invalid_properties(f"creation id {cid!r} is not a valid Id")
+            if data_type.singleton:
+                raise SetFailure("singleton", f"there is exactly one {data_type.name}; update it instead")
             if cid in cyclic:
                 raise invalid_properties("this creation refers to itself through other creations")
             obj = new_object(ctx, data_type, create[cid])
@@ -416,6 +441,7 @@ async def apply_set(ctx: MethodContext, data_type: DataType, if_in_state: str | 
             sent = set(create[cid])
             if data_type.validate is not None:
                 await data_type.validate(ctx, obj, None)
+            check_size(data_type, obj)
             await store.insert(tx, ctx.account_id, [obj])
         except SetFailure as exc:
             not_created[cid] = exc.error.to_json()
@@ -453,6 +479,7 @@ async def apply_set(ctx: MethodContext, data_type: DataType, if_in_state: str | 
                     raise invalid_properties(f"missing properties: {', '.join(missing)}", *missing)
                 if data_type.validate is not None:
                     await data_type.validate(ctx, new, old)
+                check_size(data_type, new)
                 await store.update(tx, ctx.account_id, [new])
             except SetFailure as exc:
                 not_updated[key if object_id is None else object_id] = exc.error.to_json()
@@ -469,6 +496,8 @@ async def apply_set(ctx: MethodContext, data_type: DataType, if_in_state: str | 
             try:
                 if object_id not in current:
                     raise SetFailure("notFound")
+                if data_type.singleton:
+                    raise SetFailure("singleton", f"the {data_type.name} cannot be destroyed")
                 if data_type.before_destroy is not None:
                     await data_type.before_destroy(ctx, current[object_id])
                 await store.delete(tx, ctx.account_id, [object_id])
@@ -541,6 +570,7 @@ async def standard_copy(ctx: MethodContext, args: dict[str, Any], data_type: Dat
             obj["id"] = ctx.new_id(data_type.id_prefix)
             if data_type.validate is not None:
                 await data_type.validate(ctx, obj, None)
+            check_size(data_type, obj)
             await data_type.store.insert(tx, ctx.account_id, [obj])
         except SetFailure as exc:
             not_created[cid] = exc.error.to_json()
@@ -621,7 +651,7 @@ def parse_filter(data_type: DataType, value: Any, depth: int = 0) -> Any:
         if spec is None:
             raise MethodError("unsupportedFilter", f"{data_type.name} cannot be filtered on {name!r}")
         try:
-            _check_type(Property(name, spec.type, nullable=True), arg, _NO_REFS)
+            _check_type(Property(name, spec.type), arg, _NO_REFS)
         except SetFailure:
             raise invalid_arguments(f"filter {name} must be of type {spec.type}") from None
     return value
@@ -750,7 +780,7 @@ async def standard_query_changes(ctx: MethodContext, args: dict[str, Any], data_
     a = Args(args, ("accountId", "filter", "sort", "sinceQueryState", "maxChanges", "upToId", "calculateTotal"))
     q = QueryArgs(ctx, data_type, a)
     since_state = a.string("sinceQueryState", nullable=False)
-    max_changes = a.int("maxChanges", None, nullable=True, minimum=1)
+    max_changes = a.int("maxChanges", None, nullable=True, minimum=0)
     up_to_id = a.id("upToId")
     current, horizon = await changes.state_and_horizon(ctx.conn, ctx.account_id, data_type.name)
     since = state_int(since_state)

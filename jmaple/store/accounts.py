@@ -151,6 +151,16 @@ async def credential_by_hash(conn: Conn, kind: str, secret_hash: bytes) -> tuple
     return (row[0], row[1]) if row else None
 
 
+async def credential_user(conn: Conn, kind: str, secret_hash: bytes) -> tuple[str, User] | None:
+    """(credential id, its user) for a secret's SHA-256, or None; read in one statement, so the user's
+    version is the one current when the credential was found."""
+    row = await conn.one(
+        "SELECT c.id, u.id, u.login, u.name, u.password_hash, u.version, a.id FROM credentials c"
+        " JOIN users u ON u.id = c.user_id JOIN accounts a ON a.owner_id = u.id"
+        " WHERE c.kind = ? AND c.secret_hash = ?", (kind, secret_hash))
+    return (row[0], User(*row[1:])) if row else None
+
+
 async def credentials(conn: Conn, user_id: str) -> list[Credential]:
     rows = await conn.all("SELECT id, user_id, kind, label, created_at FROM credentials WHERE user_id = ?"
                           " ORDER BY created_at, id", (user_id,))

@@ -18,6 +18,9 @@ from jmaple.store.db import Conn, Database, Transaction
 
 log = logging.getLogger(__name__)
 
+TEMP_PREFIX = ".tmp-"
+ORPHAN_AGE = 3600.0   # seconds before a file without a row counts as abandoned, not mid-upload
+
 
 @dataclass(frozen=True)
 class Upload:
@@ -33,6 +36,14 @@ def blob_id_of(data: bytes) -> str:
 
 def is_blob_id(value: str) -> bool:
     return len(value) == 65 and value[0] == "B" and all(c in "0123456789abcdef" for c in value[1:])
+
+
+def _unlink_paths(paths: Iterable[Path]) -> None:
+    for path in paths:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
 
 
 class BlobStore:
@@ -54,7 +65,7 @@ class BlobStore:
         if final.exists():
             return
         final.parent.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".tmp-")
+        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=TEMP_PREFIX)
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
@@ -101,11 +112,12 @@ class BlobStore:
         return Upload(account_id, blob_id, content_type, len(data))
 
     async def _enforce_quota(self, tx: Transaction, user_id: str, keep: tuple[str, str]) -> None:
-        # RFC 8620 §6.1: over quota, unreferenced uploads are deleted oldest first.
+        # RFC 8620 §6.1: over quota, unreferenced uploads are deleted oldest first. The new upload
+        # counts first whatever its timestamp (several uploads can share a second).
         rows = await tx.all(
-            "SELECT u.account_id, u.blob_id, u.size FROM blob_uploads u WHERE u.user_id = ?"
+            "SELECT u.account_id, u.blob_id, u.size FROM blob_uploads u WHERE u.user_id = ?1"
             " AND NOT EXISTS (SELECT 1 FROM blob_refs r WHERE r.blob_id = u.blob_id AND r.account_id = u.account_id)"
-            " ORDER BY u.created_at DESC", (user_id,))
+            " ORDER BY (u.account_id = ?2 AND u.blob_id = ?3) DESC, u.created_at DESC", (user_id, *keep))
         total = 0
         evict = []
         for account_id, blob_id, size in rows:
@@ -114,21 +126,22 @@ class BlobStore:
                 evict.append((account_id, blob_id))
         await tx.executemany("DELETE FROM blob_uploads WHERE account_id = ? AND blob_id = ?", evict)
 
-    async def may_read(self, conn: Conn, account_id: str, blob_id: str) -> bool:
-        """Whether the account uploaded the blob or holds an object that references it."""
-        return bool(await conn.value(
-            "SELECT EXISTS (SELECT 1 FROM blob_uploads WHERE account_id = ?1 AND blob_id = ?2)"
-            " OR EXISTS (SELECT 1 FROM blob_refs WHERE account_id = ?1 AND blob_id = ?2)", (account_id, blob_id)))
+    # RFC 8620 §6.1: an unreferenced blob is readable only by whoever uploaded it, even in a shared
+    # account; a blob an object of the account holds is readable by everyone who may read the account.
+    _READABLE = ("SELECT blob_id FROM blob_uploads WHERE account_id = ? AND user_id = ? AND blob_id IN ({marks})"
+                 " UNION SELECT blob_id FROM blob_refs WHERE account_id = ? AND blob_id IN ({marks})")
 
-    async def readable(self, conn: Conn, account_id: str, blob_ids: Iterable[str]) -> set[str]:
+    async def may_read(self, conn: Conn, account_id: str, blob_id: str, *, user_id: str) -> bool:
+        """Whether user_id uploaded the blob to the account, or an object of the account references it."""
+        return blob_id in await self.readable(conn, account_id, (blob_id,), user_id=user_id)
+
+    async def readable(self, conn: Conn, account_id: str, blob_ids: Iterable[str], *, user_id: str) -> set[str]:
+        """Those of blob_ids that user_id may read in the account (see _READABLE)."""
         ids = list(set(blob_ids))
         if not ids:
             return set()
         marks = ",".join("?" * len(ids))
-        rows = await conn.all(
-            f"SELECT blob_id FROM blob_uploads WHERE account_id = ? AND blob_id IN ({marks})"
-            f" UNION SELECT blob_id FROM blob_refs WHERE account_id = ? AND blob_id IN ({marks})",
-            (account_id, *ids, account_id, *ids))
+        rows = await conn.all(self._READABLE.format(marks=marks), (account_id, user_id, *ids, account_id, *ids))
         return {r[0] for r in rows}
 
     async def grant_upload(self, tx: Transaction, account_id: str, user_id: str, blob_ids: Iterable[str]) -> None:
@@ -150,7 +163,12 @@ class BlobStore:
                              [(account_id, o) for o in owners])
 
     async def collect(self, db: Database) -> int:
-        """Delete expired uploads, then every blob nothing refers to; returns how many files went."""
+        """Delete expired uploads, then every blob nothing refers to; returns how many files went.
+
+        A blob whose last reference a method dropped therefore outlives that call (RFC 8620 §6) and
+        goes at the next collection. Files without a row (an upload whose transaction failed, or a
+        crash mid-write) go once they are an hour old, so an upload in progress is never touched.
+        """
         lifetime = self.limits.upload_lifetime_hours * 3600
         async with db.write() as tx:
             await tx.execute("DELETE FROM blob_uploads WHERE created_at < ?", (int(tx.now) - lifetime,))
@@ -160,37 +178,68 @@ class BlobStore:
             doomed = [r[0] for r in rows]
             # Unlinked inside the write lock, so a concurrent upload of the same bytes rewrites the file.
             tx.after_commit(lambda: self._unlink(doomed))
-            known = {r[0] for r in await tx.all("SELECT id FROM blobs")}
-            # Files without a row: an upload whose transaction failed. Young ones may be mid-upload.
-            cutoff = time.time() - 3600
-            orphans = [p.name for p in self.root.glob("*/B*")
-                       if p.name not in known and p.stat().st_mtime < cutoff]
-            tx.after_commit(lambda: self._unlink(orphans))
+        # Scanning the directory may be slow: do it in a thread, outside the write lock.
+        old_files, stale_temps = await asyncio.to_thread(self._old_files, time.time() - ORPHAN_AGE)
+        orphans: list[str] = []
+        for start in range(0, len(old_files), 500):
+            chunk = old_files[start:start + 500]
+            async with db.write() as tx:
+                rows = await tx.all(f"SELECT id FROM blobs WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+                known = {r[0] for r in rows}
+                unknown = [b for b in chunk if b not in known]
+                tx.after_commit(lambda unknown=unknown: self._unlink(unknown))
+            orphans.extend(unknown)
+        await asyncio.to_thread(_unlink_paths, stale_temps)
         return len(doomed) + len(orphans)
 
-    def _unlink(self, blob_ids: list[str]) -> None:
-        for blob_id in blob_ids:
+    def _old_files(self, cutoff: float) -> tuple[list[str], list[Path]]:
+        """Blob ids of files last modified before cutoff, and temporary files as old."""
+        blob_ids: list[str] = []
+        temps: list[Path] = []
+        for path in self.root.glob("*/*"):
             try:
-                self.path(blob_id).unlink()
+                if path.stat().st_mtime >= cutoff:
+                    continue
             except FileNotFoundError:
-                pass
+                continue
+            if path.name.startswith(TEMP_PREFIX):
+                temps.append(path)
+            elif is_blob_id(path.name):
+                blob_ids.append(path.name)
+        return blob_ids, temps
+
+    def _unlink(self, blob_ids: list[str]) -> None:
+        _unlink_paths([self.path(b) for b in blob_ids])
 
     async def check(self, conn: Conn) -> list[str]:
-        """Problems between the blob table and the files: missing files, wrong sizes, orphan files."""
-        problems = []
+        """Problems between the blob table and the files: missing, truncated or corrupted files (each is
+        hashed), orphan files, references to blobs without a row."""
         rows = await conn.all("SELECT id, size FROM blobs")
-        known = {}
-        for blob_id, size in rows:
-            known[blob_id] = size
-            path = self.path(blob_id)
-            if not path.exists():
-                problems.append(f"blob {blob_id}: file {path} is missing")
-            elif path.stat().st_size != size:
-                problems.append(f"blob {blob_id}: file has {path.stat().st_size} bytes, expected {size}")
-        for path in self.root.glob("*/B*"):
-            if path.name not in known:
-                problems.append(f"orphan blob file {path} (no row; the next collection removes it)")
+        problems = await asyncio.to_thread(self._check_files, dict(rows))
         dangling = await conn.all(
             "SELECT account_id, blob_id, owner FROM blob_refs WHERE blob_id NOT IN (SELECT id FROM blobs)")
         problems.extend(f"{owner} in account {a} refers to missing blob {b}" for a, b, owner in dangling)
+        return problems
+
+    def _check_files(self, known: dict[str, int]) -> list[str]:
+        problems = []
+        for blob_id, size in known.items():
+            path = self.path(blob_id)
+            try:
+                with open(path, "rb") as fh:
+                    digest = hashlib.file_digest(fh, "sha256").hexdigest()
+                    actual = fh.tell()
+            except FileNotFoundError:
+                problems.append(f"blob {blob_id}: file {path} is missing")
+                continue
+            except OSError as exc:
+                problems.append(f"blob {blob_id}: file {path} cannot be read: {exc}")
+                continue
+            if actual != size:
+                problems.append(f"blob {blob_id}: file {path} has {actual} bytes, expected {size}")
+            elif digest != blob_id[1:]:
+                problems.append(f"blob {blob_id}: file {path} is corrupted (its content does not match its id)")
+        for path in self.root.glob("*/B*"):
+            if path.name not in known:
+                problems.append(f"orphan blob file {path} (no row; the next collection removes it)")
         return problems

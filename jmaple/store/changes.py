@@ -10,11 +10,16 @@ from jmaple.store.db import Conn, Transaction
 
 @dataclass(frozen=True)
 class Change:
+    """One object's entry in the change log, as seen from a state `since`."""
+
     object_id: str
     created_modseq: int
     modseq: int
     full_modseq: int
     is_destroyed: bool
+    # The modseq at which a client at `since` first learns of this object: its creation when that came
+    # after `since`, else its last change. Pages of /changes end on these.
+    page_modseq: int
 
 
 async def _next_seq(tx: Transaction) -> int:
@@ -116,12 +121,18 @@ async def states(conn: Conn, account_ids: Iterable[str]) -> dict[str, dict[str, 
 
 
 async def since(conn: Conn, account_id: str, type_name: str, modseq: int, limit: int | None) -> list[Change]:
-    """Objects changed after `modseq`, oldest change first, at most `limit` of them."""
+    """Objects changed after `modseq` in page_modseq order, at most `limit` of them.
+
+    Ordering by page_modseq rather than by last change lets a page that ends at page_modseq P report
+    every object created up to P as created, even one changed again later: a later page then reports
+    it updated or destroyed, never created after it was deemed updated (RFC 8620 §5.2).
+    """
     rows = await conn.all(
-        "SELECT object_id, created_modseq, modseq, full_modseq, destroyed_at IS NOT NULL FROM changes"
-        " WHERE account_id = ? AND type = ? AND modseq > ? ORDER BY modseq LIMIT ?",
+        "SELECT object_id, created_modseq, modseq, full_modseq, destroyed_at IS NOT NULL,"
+        " CASE WHEN created_modseq > ?3 THEN created_modseq ELSE modseq END AS page_modseq FROM changes"
+        " WHERE account_id = ?1 AND type = ?2 AND modseq > ?3 ORDER BY page_modseq LIMIT ?4",
         (account_id, type_name, modseq, -1 if limit is None else limit))
-    return [Change(r[0], r[1], r[2], r[3], bool(r[4])) for r in rows]
+    return [Change(r[0], r[1], r[2], r[3], bool(r[4]), r[5]) for r in rows]
 
 
 async def committed_since(conn: Conn, seq: int) -> tuple[int, list[tuple[str, str, int]]]:
