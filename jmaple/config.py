@@ -212,7 +212,8 @@ class Config:
                 values["capabilities"] = table
                 continue
             if key not in sections:
-                raise ConfigError(f"{source}: unknown section [{key}] (known: {', '.join(sorted(_SECTIONS))})")
+                raise ConfigError(f"{source}: unknown section [{key}] "
+                                  f"(known: {', '.join(sorted(_SECTIONS))}, capabilities.NAME)")
             if not isinstance(table, dict):
                 raise ConfigError(f"{source}: [{key}] must be a table")
             values[key] = _build_section(_SECTIONS[key], table, f"{source}: [{key}]")

@@ -104,6 +104,9 @@ async def validate(ctx: Any, new: dict[str, Any], old: dict[str, Any] | None) ->
     if new.get("parentId") is not None and new["parentId"] != (old or {}).get("parentId"):
         if new["parentId"] == new["id"] or not await NOTE.store.get(ctx.conn, ctx.account_id, [new["parentId"]]):
             raise SetFailure("invalidProperties", "no such parent", ("parentId",))
+    linked = [i for i in new.get("linkedIds", {}) if i not in (old or {}).get("linkedIds", {})]
+    if linked and len(await NOTE.store.get(ctx.conn, ctx.account_id, linked)) < len(linked):
+        raise SetFailure("invalidProperties", "linkedIds names a note that does not exist", ("linkedIds",))
     if new.get("notebookId") is not None and new["notebookId"] != (old or {}).get("notebookId"):
         if not await NOTEBOOK.store.get(ctx.conn, ctx.account_id, [new["notebookId"]]):
             raise SetFailure("invalidProperties", "no such notebook", ("notebookId",))
@@ -127,7 +130,8 @@ NOTE = DataType(
         Property("parentId", "Id", nullable=True, default=None, references="Note"),
         Property("notebookId", "Id", nullable=True, default=None, references="Notebook"),
         Property("tags", "String[Boolean]", default={}),
-        Property("createdAt", "UTCDate", server_set=True, sortable=True),
+        Property("linkedIds", "Id[Boolean]", default={}, references="Note"),
+        Property("createdAt", "UTCDate", server_set=True, immutable=True, sortable=True),
         Property("size", "UnsignedInt", server_set=True, sortable=True),
     ),
     store=NoteStore("test_notes"),
@@ -155,6 +159,7 @@ NOTEBOOK = DataType(
     properties=(
         Property("id", "Id", server_set=True, immutable=True, sortable=True),
         Property("name", "String", sortable=True, max_length=100),
+        Property("labels", "String[]", default=[]),
         Property("noteCount", "UnsignedInt", server_set=True, default=0, counter=True, sortable=True),
     ),
     store=JsonStore("test_notebooks"),

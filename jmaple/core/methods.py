@@ -365,12 +365,12 @@ def new_object(ctx: MethodContext, data_type: DataType, given: Any) -> dict[str,
     obj = _check_properties(ctx, data_type, given, None)
     missing = []
     for prop in data_type.properties:
-        if prop.name in obj or prop.server_set:
+        if prop.name in obj:
             continue
-        if prop.default is REQUIRED:
-            missing.append(prop.name)
-        else:
+        if prop.default is not REQUIRED:
             obj[prop.name] = prop.default
+        elif not prop.server_set:
+            missing.append(prop.name)
     if missing:
         raise invalid_properties(f"missing properties: {', '.join(missing)}", *missing)
     return obj
@@ -463,7 +463,7 @@ async def apply_set(ctx: MethodContext, data_type: DataType, if_in_state: str | 
             try:
                 if object_id is None or object_id not in current:
                     raise SetFailure("notFound")
-                if object_id in destroy_ids:
+                if object_id in destroy_ids and not data_type.singleton:   # a singleton is never destroyed
                     raise SetFailure("willDestroy")
                 if not isinstance(patch, dict):
                     raise SetFailure("invalidPatch", "a PatchObject must be a JSON object")

@@ -56,12 +56,13 @@ class Subscription:
         return changed
 
     async def next(self) -> Changed:
-        """Wait for the next non-empty batch of changes."""
-        while True:
+        """Wait for the next non-empty batch of changes; {} once the subscription is closed."""
+        while not self.closed:
             await self.ready.wait()
             changed = self.take()
             if changed:
                 return changed
+        return {}
 
     def set_accounts(self, account_ids: Iterable[str]) -> None:
         """Follow a grant given or revoked while the stream is open."""

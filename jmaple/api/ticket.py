@@ -1,0 +1,79 @@
+"""POST /jmap/ticket: short-lived tickets for browsers, which cannot set Authorization on EventSource/WebSocket."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import orjson
+from aiohttp import web
+
+from jmaple.api.http import json_response, problem, read_body
+from jmaple.keys import AUTH_HEADER, TICKETS
+
+ENDPOINTS = {"eventsource": "/jmap/eventsource", "websocket": "/jmap/ws"}
+FIRST_USE_SECONDS = 60.0      # to open the first connection
+RECONNECT_SECONDS = 300.0     # then reusable by that stream's automatic reconnects
+MAX_TICKETS = 100_000
+
+
+@dataclass
+class Ticket:
+    header: str          # the credentials it stands for, kept only in memory
+    path: str
+    issued: float
+    last_used: float | None = None
+
+    def valid(self, now: float) -> bool:
+        if self.last_used is None:
+            return now - self.issued < FIRST_USE_SECONDS
+        return now - self.last_used < RECONNECT_SECONDS
+
+
+class Tickets:
+    """The tickets issued by this process."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self._tickets: dict[str, Ticket] = {}
+
+    def issue(self, header: str, path: str) -> tuple[str, float]:
+        now = self.clock()
+        if len(self._tickets) >= MAX_TICKETS:
+            self._tickets = {k: t for k, t in self._tickets.items() if t.valid(now)}
+        token = secrets.token_urlsafe(24)
+        self._tickets[token] = Ticket(header, path, now)
+        return token, FIRST_USE_SECONDS
+
+    def redeem(self, token: str, path: str) -> str | None:
+        """The credentials behind a ticket valid for this endpoint, or None."""
+        ticket = self._tickets.get(token)
+        now = self.clock()
+        if ticket is None or ticket.path != path:
+            return None
+        if not ticket.valid(now):
+            del self._tickets[token]
+            return None
+        ticket.last_used = now
+        return ticket.header
+
+
+async def ticket(request: web.Request) -> web.StreamResponse:
+    """Issue a ticket bound to the caller's credentials and one endpoint ("eventsource" or "websocket")."""
+    endpoint = request.query.get("endpoint")
+    if endpoint is None and request.can_read_body:
+        try:
+            body = orjson.loads(await read_body(request, 1024, "maxSizeRequest") or b"{}")
+        except orjson.JSONDecodeError:
+            return problem(400, "urn:ietf:params:jmap:error:notJSON", "the body must be JSON")
+        endpoint = body.get("endpoint") if isinstance(body, dict) else None
+    if endpoint not in ENDPOINTS:
+        return problem(400, "about:blank", 'endpoint must be "eventsource" or "websocket"')
+    token, lifetime = request.app[TICKETS].issue(request[AUTH_HEADER], ENDPOINTS[endpoint])
+    expires = datetime.fromtimestamp(time.time() + lifetime, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    response = json_response(request, {"ticket": token, "expires": expires, "endpoint": endpoint})
+    response.headers["Cache-Control"] = "no-store"
+    return response

@@ -1,0 +1,218 @@
+"""GET /jmap/ws (RFC 8887) against the real app, with aiohttp's WebSocket client."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from conftest import CORE, NOTES, basic
+from jmaple.app import make_app
+from jmaple.config import Config
+from jmaple.keys import RUNTIME, SUPERVISOR
+from jmaple.store import accounts
+from jmaple.users import create_credential
+from notes import PLUGIN as NOTES_PLUGIN
+
+USING = [CORE, NOTES]
+
+
+async def connect(client: Any, auth: str | None = None, **kwargs: Any) -> aiohttp.ClientWebSocketResponse:
+    return await client.ws_connect("/jmap/ws", protocols=("jmap",),
+                                   headers={"Authorization": auth or client.auth}, **kwargs)
+
+
+async def receive(ws: aiohttp.ClientWebSocketResponse, timeout: float = 5.0) -> dict[str, Any]:
+    async with asyncio.timeout(timeout):
+        msg = await ws.receive()
+    assert msg.type == aiohttp.WSMsgType.TEXT, msg
+    return orjson.loads(msg.data)
+
+
+def request(calls: list[Any], request_id: str | None = "r1") -> dict[str, Any]:
+    body: dict[str, Any] = {"@type": "Request", "using": USING, "methodCalls": calls}
+    if request_id is not None:
+        body["id"] = request_id
+    return body
+
+
+async def test_the_session_advertises_websocket_with_push(client):
+    """RFC 8887 §3: urn:ietf:params:jmap:websocket with url and supportsPush."""
+    session = await (await client.get("/jmap/session", headers={"Authorization": client.auth})).json()
+    ws = session["capabilities"]["urn:ietf:params:jmap:websocket"]
+    assert ws["supportsPush"] is True
+    assert ws["url"].startswith("ws://") and ws["url"].endswith("/jmap/ws")
+
+
+async def test_the_jmap_subprotocol_is_required(client):
+    """RFC 8887 §4.2: the client must offer "jmap"."""
+    with pytest.raises(aiohttp.WSServerHandshakeError) as failure:
+        await client.ws_connect("/jmap/ws", headers={"Authorization": client.auth})
+    assert failure.value.status == 400
+
+
+async def test_credentials_are_required(client):
+    with pytest.raises(aiohttp.WSServerHandshakeError) as failure:
+        await client.ws_connect("/jmap/ws", protocols=("jmap",))
+    assert failure.value.status == 401
+
+
+async def test_a_disallowed_origin_is_refused(client):
+    with pytest.raises(aiohttp.WSServerHandshakeError) as failure:
+        await connect(client, origin="https://evil.example")
+    assert failure.value.status == 403
+
+
+async def test_request_and_response_carry_the_request_id(client):
+    """RFC 8887 §4.3.2-4.3.3: a Response echoes the Request's id as requestId."""
+    ws = await connect(client)
+    assert ws.protocol == "jmap"
+    await ws.send_str(orjson.dumps(request([["Core/echo", {"hello": True}, "c1"]], "R1")).decode())
+    reply = await receive(ws)
+    assert reply["@type"] == "Response"
+    assert reply["requestId"] == "R1"
+    assert reply["methodResponses"] == [["Core/echo", {"hello": True}, "c1"]]
+    assert "sessionState" in reply
+    await ws.close()
+
+
+async def test_several_requests_in_flight_on_one_socket(client):
+    ws = await connect(client)
+    for n in range(3):
+        await ws.send_str(orjson.dumps(request([["Core/echo", {"n": n}, "c"]], f"R{n}")).decode())
+    replies = {(r := await receive(ws))["requestId"]: r for _ in range(3)}
+    assert sorted(replies) == ["R0", "R1", "R2"]
+    assert replies["R2"]["methodResponses"][0][1] == {"n": 2}
+    await ws.close()
+
+
+@pytest.mark.parametrize("frame, kind", [
+    ("not json at all", "urn:ietf:params:jmap:error:notJSON"),
+    ('{"@type": "Nonsense"}', "urn:ietf:params:jmap:error:notRequest"),
+    ('[1, 2, 3]', "urn:ietf:params:jmap:error:notRequest"),
+    ('{"@type": "Request", "using": "x", "methodCalls": []}', "urn:ietf:params:jmap:error:notRequest"),
+    ('{"@type": "Request", "using": ["urn:x"], "methodCalls": []}', "urn:ietf:params:jmap:error:unknownCapability"),
+    ('{"@type": "Request", "id": 5, "using": [], "methodCalls": []}', "urn:ietf:params:jmap:error:notRequest"),
+    ('{"@type": "WebSocketPushEnable", "dataTypes": "Note"}', "urn:ietf:params:jmap:error:notRequest"),
+])
+async def test_malformed_frames_get_a_request_error_and_the_socket_stays_usable(client, frame, kind):
+    """RFC 8887 §4.3.1, §4.3.4: a RequestError problem with @type; the connection stays open."""
+    ws = await connect(client)
+    await ws.send_str(frame)
+    error = await receive(ws)
+    assert error["@type"] == "RequestError"
+    assert error["type"] == kind
+    assert error["status"] == 400
+    await ws.send_str(orjson.dumps(request([["Core/echo", {}, "c"]], "after")).decode())
+    assert (await receive(ws))["requestId"] == "after"
+    await ws.close()
+
+
+async def test_a_binary_frame_is_a_request_error(client):
+    ws = await connect(client)
+    await ws.send_bytes(b'{"@type": "Request"}')
+    error = await receive(ws)
+    assert (error["@type"], error["type"]) == ("RequestError", "urn:ietf:params:jmap:error:notJSON")
+    await ws.close()
+
+
+@pytest.fixture
+async def small_client(aiohttp_client, tmp_path):
+    from conftest import add_user
+    config = Config.for_tests(data_dir=tmp_path / "d", limits={"max_size_request": 10_000,
+                                                               "max_concurrent_requests": 1})
+    c = await aiohttp_client(make_app(config, capabilities=[NOTES_PLUGIN]))
+    user = await add_user(c, "alice@example.org")
+    c.auth = basic("alice@example.org")
+    c.account_id = user.account_id
+    return c
+
+
+async def test_a_message_over_max_size_request_is_a_limit_error(small_client):
+    ws = await connect(small_client)
+    await ws.send_str(orjson.dumps(request([["Core/echo", {"x": "y" * 12_000}, "c"]])).decode())
+    error = await receive(ws)
+    assert (error["type"], error["limit"]) == ("urn:ietf:params:jmap:error:limit", "maxSizeRequest")
+    await ws.send_str(orjson.dumps(request([["Core/echo", {}, "c"]], "ok")).decode())
+    assert (await receive(ws))["requestId"] == "ok"
+    await ws.close()
+
+
+async def test_push_enable_sends_state_changes_with_push_state(client):
+    """RFC 8887 §4.3.5: StateChange messages carry a pushState."""
+    ws = await connect(client)
+    await ws.send_str(orjson.dumps({"@type": "WebSocketPushEnable", "dataTypes": None}).decode())
+    result = await client.call("Note/set", {"create": {"a": {"title": "x"}}})
+    change = await receive(ws)
+    assert change["@type"] == "StateChange"
+    assert change["changed"] == {client.account_id: {"Note": result["newState"]}}
+    assert isinstance(change["pushState"], str)
+    await ws.close()
+
+
+async def test_data_types_filter_and_disable(client):
+    ws = await connect(client)
+    await ws.send_str(orjson.dumps({"@type": "WebSocketPushEnable", "dataTypes": ["Mailbox"]}).decode())
+    await client.call("Note/set", {"create": {"a": {"title": "x"}}})
+    await ws.send_str(orjson.dumps(request([["Core/echo", {}, "c"]], "marker")).decode())
+    assert (await receive(ws))["requestId"] == "marker"   # no StateChange for Note came first
+    await ws.send_str(orjson.dumps({"@type": "WebSocketPushEnable", "dataTypes": ["Note"]}).decode())
+    await ws.send_str(orjson.dumps({"@type": "WebSocketPushDisable"}).decode())
+    await client.call("Note/set", {"create": {"b": {"title": "y"}}})
+    await ws.send_str(orjson.dumps(request([["Core/echo", {}, "c"]], "marker2")).decode())
+    assert (await receive(ws))["requestId"] == "marker2"
+    await ws.close()
+
+
+async def test_an_old_push_state_gets_what_changed_since_at_once(client):
+    """RFC 8887 §4.3.5.2: on a pushState the server sends all changes since that state immediately."""
+    ws = await connect(client)
+    await ws.send_str(orjson.dumps({"@type": "WebSocketPushEnable", "dataTypes": None}).decode())
+    await client.call("Note/set", {"create": {"a": {"title": "x"}}})
+    token = (await receive(ws))["pushState"]
+    await ws.close()
+    result = await client.call("Note/set", {"create": {"b": {"title": "away"}}})
+    ws = await connect(client)
+    await ws.send_str(orjson.dumps({"@type": "WebSocketPushEnable", "dataTypes": None,
+                                    "pushState": token}).decode())
+    change = await receive(ws)
+    assert change["changed"][client.account_id]["Note"] == result["newState"]
+    await ws.close()
+
+
+async def test_max_concurrent_requests_counts_websocket_requests(small_client):
+    ws = await connect(small_client)
+    body = orjson.dumps(request([["Core/echo", {}, "c"]], "x")).decode()
+    for _ in range(5):
+        await ws.send_str(body)
+    replies = [await receive(ws) for _ in range(5)]
+    assert all(r["@type"] in ("Response", "RequestError") for r in replies)
+    assert all(r["type"] == "urn:ietf:params:jmap:error:limit" for r in replies if r["@type"] == "RequestError")
+    await ws.close()
+
+
+async def test_a_revoked_credential_closes_the_socket_with_1008(client):
+    """RFC 8887 §4.2: when credentials expire the server may close with 1008 (Policy Violation)."""
+    runtime = client.app[RUNTIME]
+    credential_id, token = await create_credential(runtime, "alice@example.org", "token", "ws")
+    ws = await connect(client, auth=f"Bearer {token}")
+    async with runtime.db.write() as tx:
+        user = await accounts.user_by_login(tx, "alice@example.org")
+        await accounts.revoke_credential(tx, user.id, credential_id)
+    async with asyncio.timeout(5):
+        msg = await ws.receive()
+    assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
+    assert ws.close_code == 1008
+
+
+async def test_no_stream_leaks_after_many_connections(client):
+    for _ in range(50):
+        ws = await connect(client)
+        await ws.send_str(orjson.dumps({"@type": "WebSocketPushEnable", "dataTypes": None}).decode())
+        await ws.close()
+    async with asyncio.timeout(5):
+        while client.app[RUNTIME].broker.subscriber_count() or client.app[SUPERVISOR].streams:
+            await asyncio.sleep(0.02)
