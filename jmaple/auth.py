@@ -92,20 +92,18 @@ class Authenticator:
                 entry.checked_at = now
                 return entry.principal
             self._cache.pop(key, None)
-        pending = self._inflight.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[Principal | None] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
-        try:
-            principal = await self._verify(header)
-            future.set_result(principal)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()   # retrieved: waiters re-raise it
-            raise
-        finally:
-            del self._inflight[key]
+        # Concurrent requests with the same credentials share one verification. It runs as a task of
+        # its own, so a client that disconnects (cancelling its handler) does not cancel the others'.
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._verify_and_cache(key, header))
+            self._inflight[key] = task
+            task.add_done_callback(lambda done: (self._inflight.pop(key, None),
+                                                 done.cancelled() or done.exception()))
+        return await asyncio.shield(task)
+
+    async def _verify_and_cache(self, key: bytes, header: str) -> Principal | None:
+        principal = await self._verify(header)
         if principal is not None:
             self._cache[key] = _Entry(principal, self.clock())
             if len(self._cache) > CACHE_SIZE:

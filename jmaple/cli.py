@@ -47,6 +47,7 @@ DEV_LOGIN = "demo@example.org"
 DEV_LISTEN = "127.0.0.1:8080"
 DEV_ORIGINS = ("http://localhost:*", "http://127.0.0.1:*")
 DEV_PASSWORD_FILE = "dev-password"
+SQLITE_HEADER = b"SQLite format 3\x00"
 # In-flight requests get this long to finish after SIGTERM; systemd's stop timeout is longer.
 SHUTDOWN_GRACE = 10.0
 
@@ -62,9 +63,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-# --- configuration and the data directory -------------------------------------------------------
 
 
 def load_config(args: argparse.Namespace) -> Config:
@@ -104,6 +102,16 @@ def prepare_data_dir(config: Config) -> None:
             owner = str(info.st_uid)
         raise CliError(f"data directory {data_dir} belongs to {owner}; run this as that user "
                        f"(sudo -u {owner} {PROG} ...) so the files stay theirs")
+    database = data_dir / DATABASE_FILE
+    try:
+        with open(database, "rb") as fh:
+            header = fh.read(len(SQLITE_HEADER))
+    except FileNotFoundError:
+        return
+    # Said plainly here rather than as whatever SQLite reports on its first statement.
+    if header and header != SQLITE_HEADER:
+        raise CliError(f"{database} is not an SQLite database; restore it from a backup, or move it "
+                       f"away to start with an empty one")
 
 
 @contextlib.contextmanager
@@ -143,9 +151,6 @@ def run_with_runtime(args: argparse.Namespace, plugins: Sequence[Plugin], job: R
             return await job(args, runtime)
 
     return asyncio.run(go())
-
-
-# --- the daemon -----------------------------------------------------------------------------------
 
 
 def sd_notify(message: str) -> None:
@@ -349,9 +354,6 @@ def cmd_dev(args: argparse.Namespace, plugins: Sequence[Plugin]) -> int:
             shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-# --- users, tokens, grants ------------------------------------------------------------------------
-
-
 def read_password(args: argparse.Namespace, login: str) -> str:
     """One line from stdin with --password-stdin, else asked twice on the terminal without echo."""
     if args.password_stdin:
@@ -459,9 +461,6 @@ async def cmd_revoke_grant(args: argparse.Namespace, runtime: Runtime) -> int:
     return 0
 
 
-# --- check ----------------------------------------------------------------------------------------
-
-
 async def cmd_check(args: argparse.Namespace, runtime: Runtime) -> int:
     problems: list[str] = []
     print(f"config: {runtime.config.source}: valid")
@@ -496,9 +495,6 @@ async def cmd_check(args: argparse.Namespace, runtime: Runtime) -> int:
         raise CliError(f"check found {len(problems)} problem{'s' if len(problems) != 1 else ''} (listed above)")
     print("no problems found")
     return 0
-
-
-# --- the parser -----------------------------------------------------------------------------------
 
 
 def installed_plugins() -> list[Plugin]:
@@ -632,9 +628,6 @@ def build_parser(plugins: Sequence[Plugin] = ()) -> argparse.ArgumentParser:
             command.add_arguments(sub)
             sub.set_defaults(job=_plugin_job(plugin.name, command))
     return parser
-
-
-# --- main -----------------------------------------------------------------------------------------
 
 
 def _describe(exc: BaseException) -> str:

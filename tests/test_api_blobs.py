@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import re
 
@@ -381,3 +382,12 @@ async def test_blob_copy_into_a_read_only_account_is_refused(client, bob):
     responses = await blob_copy(client, {"fromAccountId": client.account_id, "accountId": bob.account_id,
                                          "blobIds": [blob["blobId"]]})
     assert responses[0][0] == "error" and responses[0][1]["type"] == "accountReadOnly"
+
+
+async def test_a_compressed_upload_body_is_bounded_by_its_decoded_size(aiohttp_client, tmp_path):
+    """A gzip bomb cannot get past maxSizeUpload: the limit applies to the decoded bytes."""
+    client = await make_client(aiohttp_client, tmp_path, limits={"max_size_upload": 1000})
+    bomb = gzip.compress(b"\0" * 5_000_000)
+    resp = await client.post(f"/jmap/upload/{client.account_id}/", data=bomb,
+                             headers=client.headers({"Content-Encoding": "gzip"}))
+    await assert_problem(resp, 400, limit="maxSizeUpload")

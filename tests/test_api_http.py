@@ -284,3 +284,47 @@ async def test_a_huge_content_length_is_refused_at_once(client):
     finally:
         writer.close()
     assert status_line.split()[1] == b"400"
+
+
+async def raw_request(client, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes as they are; returns the status, headers and body of the answer."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        async with asyncio.timeout(5):
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+            body = await reader.readexactly(int(headers.get("Content-Length", "0")))
+    finally:
+        writer.close()
+    return int(lines[0].split()[1]), headers, body
+
+
+@pytest.mark.parametrize("auth", [b"Basic \xff\xfe\xfd", b"Bearer \xc3\x28", b"\xff", b"Basic " + b"\x80" * 100])
+async def test_bad_bytes_in_the_authorization_header_are_401(client, auth):
+    status, headers, body = await raw_request(
+        client, b"GET /jmap/session HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: " + auth + b"\r\n\r\n")
+    assert status == 401
+    assert headers["WWW-Authenticate"] == 'Basic realm="jmaple", Bearer'
+
+
+async def test_without_a_host_header_urls_use_the_address_the_request_came_in_on(client):
+    status, headers, _ = await raw_request(client, b"GET /.well-known/jmap HTTP/1.0\r\n\r\n")
+    assert status == 307
+    assert headers["Location"] == f"http://{client.host}:{client.port}/jmap/session"
+
+
+@pytest.mark.parametrize("host, expected", [
+    (b"mail.example.org:8443", "http://mail.example.org:8443/jmap/session"),
+    (b"[::1]:8080", "http://[::1]:8080/jmap/session"),
+    (b"evil.example/phish?x=", None),
+    (b"a b", None),
+    (b"x\"onload=", None),
+])
+async def test_only_a_well_formed_host_header_is_echoed_into_urls(client, host, expected):
+    status, headers, _ = await raw_request(
+        client, b"GET /.well-known/jmap HTTP/1.1\r\nConnection: close\r\nHost: " + host + b"\r\n\r\n")
+    assert status == 307
+    assert headers["Location"] == (expected or f"http://{client.host}:{client.port}/jmap/session")

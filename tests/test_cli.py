@@ -213,7 +213,7 @@ def test_check_passes_on_a_sound_data_directory(capsys, data_dir):
     add_user(capsys, data_dir, "alice@example.org")
     code, out, err = run(capsys, "check", "--data-dir", str(data_dir))
     assert code == 0, out + err
-    assert "schema: core 1" in out
+    assert re.search(r"^schema: core \d+", out, re.M)
     assert out.strip().endswith("no problems found")
 
 
@@ -247,7 +247,7 @@ def test_check_on_a_file_that_is_no_database(capsys, data_dir):
     (data_dir / "jmaple.sqlite3").write_bytes(b"this is not SQLite, just garbage " * 200)
     code, out, err = run(capsys, "check", "--data-dir", str(data_dir))
     assert code == 1
-    assert "not a database" in one_line_error(err)
+    assert "is not an SQLite database; restore it from a backup" in one_line_error(err)
 
 
 def test_a_database_from_a_newer_jmaple_is_refused(capsys, data_dir):
@@ -337,9 +337,6 @@ def test_ci_runs_exactly_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     assert command in ci.splitlines()
     assert os.access(ROOT / ".ci" / "run", os.X_OK)
-
-
-# --- beside a running daemon ----------------------------------------------------------------------
 
 
 def free_port() -> int:
@@ -454,6 +451,7 @@ def test_the_daemon_sees_what_the_cli_does_within_a_second(tmp_path, daemons):
     eventually(lambda: get(session, bearer)[0] == 401, WITHIN, "a revoked token stops working")
 
     done = jmapled("user", "add", "bob@example.org", "--password-stdin", "--data-dir", data, stdin="bob\n")
+    assert done.returncode == 0, done.stderr
     bob_account = re.search(r"with account (\S+)", done.stdout).group(1)
     assert bob_account not in get(session, alice)[1]["accounts"]
     done = jmapled("grant", "alice@example.org", "bob@example.org", "--read-only", "--data-dir", data)

@@ -13,7 +13,7 @@ import orjson
 
 from jmaple.core.capability import REQUIRED, DataType, Method, Property
 from jmaple.core.context import MethodContext
-from jmaple.core.errors import MethodError, SetError, SetFailure, invalid_arguments, invalid_properties
+from jmaple.core.errors import MethodError, SetFailure, invalid_arguments, invalid_properties
 from jmaple.core.pointer import PointerError, apply_patch
 from jmaple.store import changes
 from jmaple.store.db import Transaction
@@ -690,6 +690,8 @@ def parse_sort(data_type: DataType, value: Any) -> list[tuple[str, bool, str]]:
         if not isinstance(ascending, bool):
             raise invalid_arguments("isAscending must be a Boolean")
         collation = comparator.get("collation", "i;unicode-casemap")
+        if not isinstance(collation, str):
+            raise invalid_arguments("collation must be a String")
         if collation not in COLLATIONS:
             raise MethodError("unsupportedSort", f"unknown collation {collation!r}")
         out.append((prop.name, ascending, collation))

@@ -11,6 +11,7 @@ import binascii
 import codecs
 import datetime
 import functools
+import operator
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -174,8 +175,7 @@ _CHARSET_REFUSED = frozenset({"unicode-escape", "raw-unicode-escape", "idna", "p
 # UTF-7 and a few others can yield lone surrogates, which are not valid in JSON output.
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _SURROGATE_FREE = frozenset({"utf-8", "cp1252", "iso8859-1", "ascii"})
-_ASCII_NAMES = frozenset({"us-ascii", "ascii", "ansi_x3.4-1968", "iso646-us", "us", "646", "ascii-us",
-                          "7bit", "default", "unknown-8bit", "x-unknown", "unknown"})
+_ASCII_NAMES = frozenset({"us-ascii", "ascii", "ansi_x3.4-1968", "iso646-us", "us", "646", "ascii-us"})
 
 
 @functools.lru_cache(maxsize=512)
@@ -258,14 +258,20 @@ _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 _WSP_SPLIT = re.compile(r"([ \t\r\n]+)")
 _CONTROLS = dict.fromkeys([*range(0, 32), 127])
 _Q_HEX = re.compile(rb"=([0-9A-Fa-f]{2})")
+_B64_TEXT = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
 
 
 def _word_octets(m: re.Match[str]) -> tuple[str | None, bytes]:
-    """(codec or None if unknown, decoded octets) of one encoded word."""
+    """(codec, decoded octets) of one encoded word; codec None if it must stay as it is (unknown
+    charset, or B encoding that is not base64)."""
     charset = m.group(1).split("*", 1)[0]  # RFC 2231 §5 allows a language after "*"
     codec = lookup_charset(charset)
     text = m.group(3).encode("utf-8", "replace")
+    if codec is None:
+        return None, b""
     if m.group(2) in "bB":
+        if not _B64_TEXT.fullmatch(text):
+            return None, b""
         data, _ = b64decode(text)
     else:
         data = _Q_HEX.sub(lambda h: bytes((int(h.group(1), 16),)), text.replace(b"_", b" "))
@@ -330,7 +336,7 @@ def decode_words(text: str, strict: bool = True) -> str:
             last_was_word = False
             continue
         codec, data = _word_octets(piece)
-        if codec is None:  # unknown charset: the word stays as it is
+        if codec is None:  # not decodable: the word stays as it is
             if run:
                 out.append(_decode_octets(run_codec or "ascii", b"".join(run)))
                 run = []
@@ -372,7 +378,7 @@ def as_text(raw: str) -> str:
 
 _TOKEN = re.compile(r"""
     (?P<ws>[ \t\r\n]+)
-  | "(?P<q>(?:[^"\\]|\\[\s\S])*)"?
+  | "(?P<q>(?:[^"\\]|\\[\s\S])*)(?P<qe>"?)
   | (?P<c>\()
   | (?P<dl>\[(?:[^\[\]\\]|\\[\s\S])*\]?)
   | (?P<sp>[<>@,;:.])
@@ -380,6 +386,7 @@ _TOKEN = re.compile(r"""
 """, re.X)
 _COMMENT_PIECE = re.compile(r"[^()\\]+|\\[\s\S]?|[()]")
 _QUOTED_PAIR = re.compile(r"\\([\s\S])")
+_SECOND = operator.itemgetter(1)
 
 # Token kinds: "ws", "q" (quoted string), "c" (comment), "dl" (domain literal), "a" (atom), or the special
 # character itself. Each token is (kind, raw text, value).
@@ -420,15 +427,21 @@ def _tokens(s: str) -> list[Token]:
             pos += 1
             continue
         kind = m.lastgroup or "a"
+        if kind == "qe":  # the closing-quote group is the last one to match in a quoted string
+            kind = "q"
         if kind == "c":
             content, pos = _comment(s, pos)
             out.append(("c", s[m.start():pos], content))
             continue
         text = m.group()
         if kind == "q":
+            if not m.group("qe"):  # unterminated: the quote is an ordinary character (no later quote can
+                out.append(("a", '"', '"'))  # open a string, so this rescans nothing twice)
+                pos += 1
+                continue
             value = m.group("q")
             if "\\" in value:
-                value = _QUOTED_PAIR.sub(r"\1", value)
+                value = _QUOTED_PAIR.sub(_SECOND, value)
             out.append(("q", text, value))
         elif kind == "sp":
             out.append((text, text, text))
@@ -470,7 +483,7 @@ def _mailbox(phrase: list[Token], angle: list[Token] | None, after: list[Token])
             return None
         return {"name": name, "email": email}
     # No angle brackets: an addr-spec, perhaps with a comment naming it, perhaps garbage.
-    words: list[str] = []
+    pieces: list[list[str]] = []  # words as lists of token texts; joined once (no quadratic +=)
     glue = True
     for kind, raw, _ in phrase:
         if kind == "c":
@@ -478,13 +491,14 @@ def _mailbox(phrase: list[Token], angle: list[Token] | None, after: list[Token])
         if kind == "ws":
             glue = False
             continue
-        if words and (glue or raw in ("@", ".") or words[-1].endswith(("@", "."))):
-            words[-1] += raw
+        if pieces and (glue or raw in ("@", ".") or pieces[-1][-1] in ("@", ".")):
+            pieces[-1].append(raw)
         else:
-            words.append(raw)
+            pieces.append([raw])
         glue = True
-    if not words:
+    if not pieces:
         return None
+    words = ["".join(p) for p in pieces]
     name = _comment_name(phrase)
     if len(words) > 1:
         at = [i for i, w in enumerate(words) if "@" in w]
@@ -523,7 +537,7 @@ def _address_groups(raw: str) -> list[tuple[bool, str | None, list[dict[str, Any
         if in_angle:
             if kind == ">":
                 in_angle = False
-            elif kind == ",":
+            elif kind == "," and not (angle and angle[0][0] == "@"):  # commas belong to an obs-route
                 in_angle = False
                 flush()
             elif kind != "<" and angle is not None:

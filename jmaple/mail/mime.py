@@ -246,11 +246,14 @@ def _parse_disposition(value: str) -> tuple[str | None, dict[str, str]]:
     if "(" in head:
         head = _PAREN_COMMENT.sub(" ", head)
     head = head.strip()
-    if _TOKEN.fullmatch(head):
-        return head.lower(), parse_params(rest)
-    if "=" in head:  # "filename=x.pdf" with no disposition type
-        return None, parse_params(v)
-    return None, parse_params(rest)
+    m = _TOKEN.match(head)
+    if m is None or head[m.end():m.end() + 1] not in ("", " ", "\t"):
+        # "filename=x.pdf" with no disposition type, or garbage
+        return None, parse_params(v if "=" in head else rest)
+    leftover = head[m.end():].strip()
+    if leftover:  # "attachment filename=x": a missing ";"
+        rest = leftover + ";" + rest
+    return m.group().lower(), parse_params(rest)
 
 
 def _strip_cfws(value: str) -> str:
@@ -356,12 +359,11 @@ def _build(walk: _Walk, headers: list[tuple[str, str]], header_start: int, start
                 sub_parts.append(_build(walk, child_headers, ps, child_start, pe,
                                         f"{section}.{i}" if section else str(i), depth + 1, child_default))
 
-    if "charset" in params:
-        charset: str | None = params["charset"].strip() or "us-ascii"
-    elif ctype.startswith("text/") or (ct_value is None and ctype == "text/plain"):
+    # RFC 8621 §4.1.4: the parameter if given, else the implicit us-ascii of text (which includes a part
+    # without Content-Type, except a digest's message/rfc822 parts)
+    charset: str | None = params.get("charset", "").strip() or None
+    if charset is None and ctype.startswith("text/"):
         charset = "us-ascii"
-    else:
-        charset = None
     name = _filename(dparams["filename"]) if "filename" in dparams else None
     if name is None and "name" in params:
         name = _filename(params["name"])
@@ -471,10 +473,13 @@ def _parse_structure(parts: Sequence[Part], multipart_type: str, in_alternative:
                              html_body, text_body, attachments, embedded)
         elif is_inline:
             if multipart_type == "alternative":
-                if part.type == "text/plain":
-                    text_body.append(part)  # type: ignore[union-attr]
-                elif part.type == "text/html":
-                    html_body.append(part)  # type: ignore[union-attr]
+                # The JavaScript would push onto null here when an enclosing part already dropped that
+                # list (an alternative inside a mixed inside an alternative); the part is then an
+                # attachment, as the definition of "attachments" in §4.1.4 has it.
+                if part.type == "text/plain" and text_body is not None:
+                    text_body.append(part)
+                elif part.type == "text/html" and html_body is not None:
+                    html_body.append(part)
                 else:
                     attachments.append(part)
                 continue
@@ -487,7 +492,10 @@ def _parse_structure(parts: Sequence[Part], multipart_type: str, in_alternative:
                 text_body.append(part)
             if html_body is not None:
                 html_body.append(part)
-            if (text_body is None or html_body is None) and _is_inline_media(part.type):
+            if (text_body is None or html_body is None) and _is_inline_media(part.type) \
+                    or (text_body is None and html_body is None):
+                # The second case is a gap in the JavaScript: a text part after both lists were dropped
+                # would be in no list at all; §4.1.4 defines that as an attachment.
                 attachments.append(part)
         else:
             attachments.append(part)
@@ -503,7 +511,7 @@ def _parse_structure(parts: Sequence[Part], multipart_type: str, in_alternative:
 
 # -- body octets and text ------------------------------------------------------------------------------------
 
-_QP_PADDING = re.compile(rb"[ \t]+(?=\r?\n|\Z)")
+_QP_PADDING = re.compile(rb"[ \t]+(?=\r?\n)")
 _IDENTITY_CTE = frozenset({"7bit", "8bit", "binary"})
 
 
@@ -514,7 +522,9 @@ def _decode_octets(data: bytes, cte: str | None) -> tuple[bytes, bool]:
         return b64decode(data)
     if cte == "quoted-printable":
         # RFC 2045 §6.7: trailing white space on a line is transport padding.
-        return binascii.a2b_qp(_QP_PADDING.sub(b"", data)), False
+        if b" \n" in data or b" \r\n" in data or b"\t\n" in data or b"\t\r\n" in data:
+            data = _QP_PADDING.sub(b"", data)
+        return binascii.a2b_qp(data.rstrip(b" \t")), False
     # RFC 8621 §4.1.4: an unknown transfer encoding is treated as none (and flagged in bodyValues)
     return data, True
 
@@ -549,20 +559,28 @@ _BLOCK_TAGS = frozenset({"p", "br", "div", "tr", "td", "th", "li", "ul", "ol", "
 _SKIP_TAGS = frozenset({"style", "script", "head", "title", "template", "noscript"})
 _TAG_NAME = re.compile(r"</?([A-Za-z][A-Za-z0-9-]*)")
 _CLOSERS: dict[str, re.Pattern[str]] = {t: re.compile(rf"</{t}\s*>", re.I) for t in _SKIP_TAGS}
-_INVISIBLE = dict.fromkeys([*range(0, 9), 11, 12, *range(14, 32), 127, 0xAD, 0x34F, 0x200B, 0x200C,
-                            0x200D, 0x200E, 0x200F, 0x2060, 0xFEFF])
+_INVISIBLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\xad\u034f\u200b-\u200f\u2060\ufeff]+")
 
 
-def html_to_text(source: str) -> str:
-    """Plain text from HTML for previews: tags, comments, style and script dropped, entities decoded."""
+def html_to_text(source: str, enough: int = 0) -> str:
+    """Plain text from HTML for previews: tags, comments, style and script dropped, entities decoded.
+
+    With `enough`, stop once that many visible characters are collected.
+    """
     out: list[str] = []
     pos, n = 0, len(source)
+    collected, check_at = 0, 4 * enough
     while pos < n:
+        if enough and collected > check_at:
+            if len(_squash(html.unescape("".join(out)))) >= enough:
+                break
+            check_at *= 2
         lt = source.find("<", pos)
         if lt < 0:
             out.append(source[pos:])
             break
         out.append(source[pos:lt])
+        collected += lt - pos
         if source.startswith("<!--", lt):
             close = source.find("-->", lt + 4)
             pos = n if close < 0 else close + 3
@@ -589,16 +607,32 @@ def html_to_text(source: str) -> str:
 
 
 def _squash(text: str) -> str:
-    return " ".join(text.translate(_INVISIBLE).split())
+    """White space collapsed to single spaces, invisible and control characters dropped."""
+    return " ".join(_INVISIBLE.sub("", text).split())
+
+
+def _squash_prefix(text: str, enough: int) -> str:
+    """Like _squash, but only as much of a long text as gives `enough` characters."""
+    size = 4 * enough
+    while True:
+        if size >= len(text):
+            return _squash(text)
+        out = _squash(text[:size])
+        if " " in out:
+            out = out.rsplit(" ", 1)[0]  # the last word may be cut
+        if len(out) >= enough:
+            return out
+        size *= 4
 
 
 def _plain_preview(text: str) -> str:
     # Quoted lines of a reply make a poor preview; fall back to them only if nothing else is there.
     if ">" in text:
-        unquoted = _squash("\n".join(line for line in text.split("\n") if not line.lstrip().startswith(">")))
+        kept = "\n".join(line for line in text.split("\n") if not line.lstrip().startswith(">"))
+        unquoted = _squash_prefix(kept, PREVIEW_LENGTH)
         if unquoted:
             return unquoted
-    return _squash(text)
+    return _squash_prefix(text, PREVIEW_LENGTH)
 
 
 def make_preview(raw: bytes, text_body: Sequence[Part]) -> str:
@@ -613,7 +647,10 @@ def make_preview(raw: bytes, text_body: Sequence[Part]) -> str:
         text, _ = decode_charset(data, part.charset)
         if part.end - part.start > limit:
             text = text.rstrip("\ufffd")  # a character cut at the limit
-        text = _plain_preview(text) if part.type == "text/plain" else _squash(html_to_text(text))
+        if part.type == "text/plain":
+            text = _plain_preview(text)
+        else:
+            text = _squash_prefix(html_to_text(text, PREVIEW_LENGTH), PREVIEW_LENGTH)
         if text:
             pieces.append(text)
             length += len(text) + 1

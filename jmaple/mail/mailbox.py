@@ -1,0 +1,495 @@
+"""Mailbox (RFC 8621 §2): the data type, its rules, its methods and the default mailboxes of an account."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import unicodedata
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from jmaple.core.capability import DataType, Filter, Property
+from jmaple.core.context import MethodContext, Runtime
+from jmaple.core.errors import MethodError, SetFailure, invalid_arguments, invalid_properties
+from jmaple.core.methods import (
+    MAX_FILTER_DEPTH, Args, apply_set, check_count, filter_matches, is_id, parse_sort, sort_objects, state_int,
+    standard_get, window,
+)
+from jmaple.mail import storage
+from jmaple.store import changes
+from jmaple.store.accounts import Access
+from jmaple.store.db import Conn, Transaction
+
+if TYPE_CHECKING:
+    from jmaple.mail import MailConfig
+
+PLUGIN_NAME = "mail"
+
+# RFC 8621 §2: a role is the lower-cased name of a mailbox attribute in the IANA "IMAP Mailbox Name
+# Attributes" registry (RFC 8457, RFC 6154, RFC 8621 §10.5.1 for inbox). Only the attributes that
+# name a purpose are roles here; those that describe a state (noselect, haschildren, marked,
+# subscribed, remote, ...) are refused.
+ROLES = frozenset({"all", "archive", "drafts", "flagged", "important", "inbox", "junk", "memos", "scheduled",
+                   "sent", "snoozed", "trash"})
+MAX_SORT_ORDER = 2**31 - 1     # §2: 0 <= sortOrder < 2^31
+RIGHTS = ("mayReadItems", "mayAddItems", "mayRemoveItems", "maySetSeen", "maySetKeywords", "mayCreateChild",
+          "mayRename", "mayDelete", "maySubmit")
+# Characters a mailbox name may not hold (RFC 5198 Net-Unicode has no control characters).
+_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+
+
+def settings(runtime: Runtime) -> MailConfig:
+    """The parsed [capabilities.mail] table."""
+    return runtime.registry.plugin_config[PLUGIN_NAME]
+
+
+def rights(access: Access | None, role: str | None) -> dict[str, bool]:
+    """myRights (§2) of a mailbox for a user with this access to its account.
+
+    Whoever may write the account may do everything except destroy the inbox (where delivery goes);
+    a read-only grant may only read.
+    """
+    if access is None or not access.may_write:
+        return {name: name == "mayReadItems" for name in RIGHTS}
+    return {name: not (name == "mayDelete" and role == "inbox") for name in RIGHTS}
+
+
+def check_name(name: str, max_octets: int, key: str = "name") -> str:
+    """The name in NFC; raises ValueError when it is empty, too long or holds control characters."""
+    name = unicodedata.normalize("NFC", name)
+    if not name:
+        raise ValueError(f"{key}: must not be empty")
+    if any(unicodedata.category(c) in _FORBIDDEN_CATEGORIES for c in name):
+        raise ValueError(f"{key}: must not contain control characters or line separators")
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size > max_octets:
+        raise ValueError(f"{key}: {size} octets of UTF-8, more than maxSizeMailboxName ({max_octets})")
+    return name
+
+
+class MailboxStore:
+    """Mailboxes as one user sees them (isSubscribed and myRights are theirs); bound per method call."""
+
+    def __init__(self, user_id: str | None = None, access: Access | None = None, *,
+                 runtime: Runtime | None = None, remove_emails: bool = False):
+        self.user_id = user_id
+        self.access = access
+        self.runtime = runtime
+        self.remove_emails = remove_emails
+
+    def _object(self, row: storage.MailboxRow) -> dict[str, Any]:
+        return {
+            "id": row.id,
+            "name": row.name,
+            "parentId": row.parent_id,
+            "role": row.role,
+            "sortOrder": row.sort_order,
+            "totalEmails": row.total_emails,
+            "unreadEmails": row.unread_emails,
+            "totalThreads": row.total_threads,
+            "unreadThreads": row.unread_threads,
+            "myRights": rights(self.access, row.role),
+            "isSubscribed": row.is_subscribed,
+        }
+
+    async def get(self, conn: Conn, account_id: str, ids: Sequence[str] | None) -> list[dict[str, Any]]:
+        return [self._object(r) for r in await storage.mailboxes(conn, account_id, self.user_id, ids)]
+
+    async def insert(self, tx: Transaction, account_id: str, objects: list[dict[str, Any]]) -> None:
+        await storage.insert_mailboxes(tx, account_id, [
+            (o["id"], o["name"], o["parentId"], o["role"], o["sortOrder"]) for o in objects])
+        # §2: isSubscribed as given (true by default) for whoever creates it; when someone else creates
+        # a mailbox in an account, its owner is subscribed too (it is their personal account).
+        if self.user_id is not None:
+            await storage.set_subscribed(tx, self.user_id, account_id,
+                                         [o["id"] for o in objects if o["isSubscribed"]], True)
+        if self.access is None or not self.access.is_personal:
+            owner = await storage.account_owner(tx, account_id)
+            if owner is not None and owner != self.user_id:
+                await storage.set_subscribed(tx, owner, account_id, [o["id"] for o in objects], True)
+
+    async def update(self, tx: Transaction, account_id: str, objects: list[dict[str, Any]]) -> None:
+        await storage.update_mailboxes(tx, account_id, [
+            (o["id"], o["name"], o["parentId"], o["role"], o["sortOrder"]) for o in objects])
+        if self.user_id is not None:
+            for subscribed in (True, False):
+                await storage.set_subscribed(tx, self.user_id, account_id,
+                                             [o["id"] for o in objects if o["isSubscribed"] is subscribed], subscribed)
+
+    async def delete(self, tx: Transaction, account_id: str, ids: list[str]) -> None:
+        if self.remove_emails:
+            for mailbox_id in ids:
+                destroyed, _ = await storage.remove_mailbox_emails(tx, account_id, mailbox_id)
+                if destroyed and self.runtime is not None:
+                    await self.runtime.blobs.drop_refs(tx, account_id, map(storage.email_blob_owner, destroyed))
+        await storage.delete_mailboxes(tx, account_id, ids)
+
+
+# /set rules (§2, §2.5)
+
+def _depths(tree: dict[str, str | None]) -> dict[str, int]:
+    """Each mailbox's depth (1 at the top level); a mailbox caught in a loop counts as infinitely deep."""
+    depths: dict[str, int] = {}
+    for start in tree:
+        path: list[str] = []
+        node: str | None = start
+        while node is not None and node not in depths and node in tree and node not in path:
+            path.append(node)
+            node = tree[node]
+        base = 0 if node is None or node not in tree else depths.get(node, 10**9)
+        for n in reversed(path):
+            base += 1
+            depths[n] = base
+    return depths
+
+
+def _subtree_height(tree: dict[str, str | None], root: str) -> int:
+    """1 for a mailbox without children, else one more than its tallest child."""
+    children: dict[str, list[str]] = {}
+    for child, parent in tree.items():
+        if parent is not None:
+            children.setdefault(parent, []).append(child)
+    height, level, seen = 0, [root], {root}
+    while level:
+        height += 1
+        level = [c for n in level for c in children.get(n, ()) if c not in seen]
+        seen.update(level)
+    return height
+
+
+async def validate(ctx: MethodContext, new: dict[str, Any], old: dict[str, Any] | None) -> None:
+    """The rules of §2 on a mailbox to create (old None) or its updated form; raises SetFailure."""
+    config = settings(ctx.runtime)
+    access = ctx.principal.accounts.get(ctx.account_id)
+    conn = ctx.conn
+    account_id = ctx.account_id
+    moved = old is None or new["parentId"] != old["parentId"]
+    renamed = old is None or new["name"] != old["name"]
+    if old is not None and (moved or renamed) and not old["myRights"]["mayRename"]:
+        raise SetFailure("forbidden", "you may not rename or move this mailbox")
+    if new["sortOrder"] > MAX_SORT_ORDER:
+        raise invalid_properties("sortOrder must be below 2^31", "sortOrder")
+    if renamed:
+        try:
+            new["name"] = check_name(new["name"], config.max_size_mailbox_name)
+        except ValueError as exc:
+            raise invalid_properties(str(exc), "name") from None
+    if moved:
+        parent_id = new["parentId"]
+        if parent_id is None:
+            if not (config.may_create_top_level_mailbox and access is not None and access.may_write):
+                raise SetFailure("forbidden", "mayCreateTopLevelMailbox is false: give a parentId")
+        else:
+            tree = await storage.mailbox_tree(conn, account_id)
+            if parent_id not in tree:
+                raise invalid_properties(f"parentId: no mailbox {parent_id}", "parentId")
+            node: str | None = parent_id
+            seen: set[str] = set()
+            while node is not None and node not in seen:
+                if node == new["id"]:
+                    raise invalid_properties("parentId would make the mailbox its own ancestor", "parentId")
+                seen.add(node)
+                node = tree.get(node)
+            parent = (await storage.mailboxes(conn, account_id, None, [parent_id]))[0]
+            if not rights(access, parent.role)["mayCreateChild"]:
+                raise SetFailure("forbidden", "you may not create mailboxes under this parent")
+            limit = config.max_mailbox_depth
+            if limit is not None:
+                height = 1 if old is None else _subtree_height(tree, new["id"])
+                deepest = _depths(tree)[parent_id] + height
+                if deepest > limit:
+                    raise invalid_properties(f"the mailbox tree would be {deepest} deep; maxMailboxDepth is {limit}",
+                                             "parentId")
+    if moved or renamed:
+        existing = await storage.sibling_named(conn, account_id, new["parentId"], new["name"])
+        if existing is not None and existing != new["id"]:
+            raise SetFailure("alreadyExists", "a sibling mailbox has this name", existingId=existing)
+    role = new["role"]
+    if old is None or role != old["role"]:
+        if role is not None:
+            if role not in ROLES:
+                raise invalid_properties(f"role must be null or one of {', '.join(sorted(ROLES))}", "role")
+            holder = (await storage.mailbox_ids_by_role(conn, account_id)).get(role)
+            if holder is not None and holder != new["id"]:
+                raise invalid_properties(f"mailbox {holder} already has the role {role}", "role")
+        new["myRights"] = rights(access, role)
+
+
+async def before_destroy(ctx: MethodContext, obj: dict[str, Any], *, remove_emails: bool) -> None:
+    """§2.5: mailboxHasChild first (then nothing is touched), mailboxHasEmail unless onDestroyRemoveEmails."""
+    if not obj["myRights"]["mayDelete"]:
+        raise SetFailure("forbidden", "you may not destroy this mailbox")
+    if await storage.has_children(ctx.conn, ctx.account_id, obj["id"]):
+        raise SetFailure("mailboxHasChild", "destroy or move its child mailboxes first")
+    if not remove_emails and await storage.has_emails(ctx.conn, ctx.account_id, obj["id"]):
+        raise SetFailure("mailboxHasEmail", "it holds emails; pass onDestroyRemoveEmails to remove them")
+
+
+# /query filters (§2.3)
+
+def _name_contains(obj: dict[str, Any], value: str) -> bool:
+    return value.casefold() in obj["name"].casefold()
+
+
+_FILTER_TYPES: dict[str, tuple[str, Any]] = {
+    "parentId": ("Id|null", lambda v: v is None or is_id(v)),
+    "name": ("String", lambda v: isinstance(v, str)),
+    "role": ("String|null", lambda v: v is None or isinstance(v, str)),
+    "hasAnyRole": ("Boolean", lambda v: isinstance(v, bool)),
+    "isSubscribed": ("Boolean", lambda v: isinstance(v, bool)),
+}
+
+
+def parse_filter(value: Any, depth: int = 0) -> Any:
+    """A Mailbox FilterOperator/FilterCondition tree, checked, in the form filter_matches takes.
+
+    The generic parser knows no "X|null" types, and two of §2.3's conditions take null.
+    """
+    if value is None:
+        return None
+    if depth > MAX_FILTER_DEPTH:
+        raise MethodError("unsupportedFilter", f"filters nest at most {MAX_FILTER_DEPTH} deep")
+    if not isinstance(value, dict):
+        raise invalid_arguments("a filter must be a FilterOperator or FilterCondition object")
+    if "operator" in value:
+        if set(value) != {"operator", "conditions"}:
+            raise invalid_arguments("a FilterOperator has exactly operator and conditions")
+        if value["operator"] not in ("AND", "OR", "NOT"):
+            raise MethodError("unsupportedFilter", f"unknown operator {value['operator']!r}")
+        if not isinstance(value["conditions"], list):
+            raise invalid_arguments("conditions must be an array")
+        return (value["operator"], [parse_filter(c, depth + 1) for c in value["conditions"]])
+    for name, arg in value.items():
+        spec = _FILTER_TYPES.get(name)
+        if spec is None:
+            raise MethodError("unsupportedFilter", f"Mailbox cannot be filtered on {name!r}")
+        if not spec[1](arg):
+            raise invalid_arguments(f"filter {name} must be of type {spec[0]}")
+    return value
+
+
+MAILBOX = DataType(
+    name="Mailbox",
+    id_prefix="M",
+    properties=(
+        Property("id", "Id", server_set=True, immutable=True),
+        Property("name", "String", sortable=True),
+        Property("parentId", "Id", nullable=True, default=None, references="Mailbox"),
+        Property("role", "String", nullable=True, default=None),
+        Property("sortOrder", "UnsignedInt", default=0, sortable=True),
+        Property("totalEmails", "UnsignedInt", server_set=True, default=0, counter=True),
+        Property("unreadEmails", "UnsignedInt", server_set=True, default=0, counter=True),
+        Property("totalThreads", "UnsignedInt", server_set=True, default=0, counter=True),
+        Property("unreadThreads", "UnsignedInt", server_set=True, default=0, counter=True),
+        Property("myRights", "Object", server_set=True),
+        Property("isSubscribed", "Boolean", default=True),
+    ),
+    store=MailboxStore(),
+    standard_methods=("get", "changes", "set", "query", "queryChanges"),
+    filters={
+        "parentId": Filter("Id|null", lambda o, v: o["parentId"] == v),
+        "name": Filter("String", _name_contains),
+        "role": Filter("String|null", lambda o, v: o["role"] == v),
+        "hasAnyRole": Filter("Boolean", lambda o, v: (o["role"] is not None) is v),
+        "isSubscribed": Filter("Boolean", lambda o, v: o["isSubscribed"] is v),
+    },
+    validate=validate,
+)
+
+
+def bound_type(ctx: MethodContext, *, remove_emails: bool = False) -> DataType:
+    """MAILBOX as the calling user sees it in this call's account."""
+    store = MailboxStore(ctx.principal.user_id, ctx.principal.accounts.get(ctx.account_id),
+                         runtime=ctx.runtime, remove_emails=remove_emails)
+    return dataclasses.replace(MAILBOX, store=store,
+                               before_destroy=functools.partial(before_destroy, remove_emails=remove_emails))
+
+
+# Methods
+
+async def mailbox_get(ctx: MethodContext, args: dict[str, Any]) -> dict[str, Any]:
+    """Mailbox/get (RFC 8621 §2.1): mailboxes with this user's myRights and isSubscribed."""
+    return await standard_get(ctx, args, bound_type(ctx))
+
+
+async def mailbox_set(ctx: MethodContext, args: dict[str, Any]) -> dict[str, Any]:
+    """Mailbox/set (RFC 8621 §2.5): create, update and destroy mailboxes; onDestroyRemoveEmails."""
+    a = Args(args, ("accountId", "ifInState", "create", "update", "destroy", "onDestroyRemoveEmails"))
+    if_in_state = a.string("ifInState")
+    create = a.object("create") or {}
+    update = a.object("update") or {}
+    destroy = a.ids("destroy", creation_refs=True) or []
+    remove_emails = a.boolean("onDestroyRemoveEmails")
+    check_count(ctx, len(create) + len(update) + len(destroy), ctx.config.limits.max_objects_in_set,
+                "objects to create, update and destroy")
+    if destroy:
+        # Children before their parents, so that a whole subtree can go in one call.
+        depths = _depths(await storage.mailbox_tree(ctx.conn, ctx.account_id))
+        destroy = sorted(destroy, key=lambda i: -depths.get(ctx.resolve_id(i) or i, 0))
+    result = await apply_set(ctx, bound_type(ctx, remove_emails=remove_emails), if_in_state, create, update, destroy)
+    # A name is stored in NFC: say so when that is not how it was sent.
+    for cid, created in (result["created"] or {}).items():
+        sent = create[cid].get("name")
+        if isinstance(sent, str) and "name" not in created and unicodedata.normalize("NFC", sent) != sent:
+            created["name"] = unicodedata.normalize("NFC", sent)
+    for key, patch in update.items():
+        object_id = ctx.resolve_id(key)
+        if (result["updated"] or {}).keys() >= {object_id} and isinstance(patch.get("name"), str):
+            normal = unicodedata.normalize("NFC", patch["name"])
+            if normal != patch["name"]:
+                result["updated"][object_id] = {**(result["updated"][object_id] or {}), "name": normal}
+    return result
+
+
+def _effective_sort(sort: list[tuple[str, bool, str]]) -> list[tuple[str, bool, str]]:
+    """Ties fall back on the name, as §2 asks clients to show mailboxes of equal sortOrder."""
+    if not sort:
+        return [("sortOrder", True, "i;unicode-casemap"), ("name", True, "i;unicode-casemap")]
+    if all(name != "name" for name, _, _ in sort):
+        return [*sort, ("name", True, "i;unicode-casemap")]
+    return sort
+
+
+def _parents(objects: list[dict[str, Any]]) -> dict[str, str | None]:
+    ids = {o["id"] for o in objects}
+    return {o["id"]: o["parentId"] if o["parentId"] in ids else None for o in objects}
+
+
+def _tree_order(ordered: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """§2.3 sortAsTree: parents before their children, siblings in the order given."""
+    parents = _parents(ordered)
+    children: dict[str | None, list[dict[str, Any]]] = {}
+    for obj in ordered:
+        children.setdefault(parents[obj["id"]], []).append(obj)
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    stack = list(reversed(children.get(None, [])))
+    while stack:
+        obj = stack.pop()
+        if obj["id"] in seen:
+            continue
+        seen.add(obj["id"])
+        out.append(obj)
+        stack.extend(reversed(children.get(obj["id"], [])))
+    out.extend(o for o in ordered if o["id"] not in seen)   # only a corrupt tree has loops
+    return out
+
+
+def _ancestors(parents: dict[str, str | None], mailbox_id: str) -> list[str]:
+    out: list[str] = []
+    node = parents.get(mailbox_id)
+    while node is not None and node not in out and node != mailbox_id:
+        out.append(node)
+        node = parents.get(node)
+    return out
+
+
+class _MailboxQuery:
+    """The arguments Mailbox/query and /queryChanges share (RFC 8621 §2.3), checked."""
+
+    def __init__(self, data_type: DataType, a: Args):
+        self.filter = parse_filter(a.args.get("filter"))
+        self.sort = _effective_sort(parse_sort(data_type, a.args.get("sort")))
+        self.calculate_total = a.boolean("calculateTotal")
+        self.sort_as_tree = a.boolean("sortAsTree")
+        self.filter_as_tree = a.boolean("filterAsTree")
+
+    async def run(self, ctx: MethodContext, data_type: DataType) -> tuple[list[str], dict[str, str | None]]:
+        """The ids of the results in order, and every mailbox's parent (for /queryChanges)."""
+        objects = await data_type.store.get(ctx.conn, ctx.account_id, None)
+        parents = _parents(objects)
+        matching = {o["id"] for o in objects if filter_matches(data_type, self.filter, o)}
+        if self.filter_as_tree:
+            matching = {i for i in matching if all(p in matching for p in _ancestors(parents, i))}
+        ordered = sort_objects(objects, self.sort)
+        if self.sort_as_tree:
+            ordered = _tree_order(ordered)
+        return [o["id"] for o in ordered if o["id"] in matching], parents
+
+
+async def mailbox_query(ctx: MethodContext, args: dict[str, Any]) -> dict[str, Any]:
+    """Mailbox/query (RFC 8621 §2.3): with sortAsTree and filterAsTree."""
+    a = Args(args, ("accountId", "filter", "sort", "position", "anchor", "anchorOffset", "limit",
+                    "calculateTotal", "sortAsTree", "filterAsTree"))
+    data_type = bound_type(ctx)
+    q = _MailboxQuery(data_type, a)
+    position = a.int("position")
+    anchor = a.id("anchor")
+    anchor_offset = a.int("anchorOffset")
+    limit = a.int("limit", None, nullable=True, minimum=0)
+    cap = ctx.config.limits.max_query_limit
+    clamped = limit is None or limit > cap
+    if clamped:
+        limit = cap
+    state = await changes.state(ctx.conn, ctx.account_id, MAILBOX.name)
+    ids, _ = await q.run(ctx, data_type)
+    position, page = window(ids, position, anchor, anchor_offset, limit)
+    response: dict[str, Any] = {
+        "accountId": ctx.account_id,
+        "queryState": state,
+        "canCalculateChanges": True,
+        "position": position,
+        "ids": page,
+    }
+    if q.calculate_total:
+        response["total"] = len(ids)
+    if clamped:
+        response["limit"] = limit
+    return response
+
+
+async def mailbox_query_changes(ctx: MethodContext, args: dict[str, Any]) -> dict[str, Any]:
+    """Mailbox/queryChanges (RFC 8621 §2.4): every mailbox whose place may have moved, removed and re-added."""
+    a = Args(args, ("accountId", "filter", "sort", "sinceQueryState", "maxChanges", "upToId", "calculateTotal",
+                    "sortAsTree", "filterAsTree"))
+    data_type = bound_type(ctx)
+    q = _MailboxQuery(data_type, a)
+    since_state = a.string("sinceQueryState", nullable=False)
+    max_changes = a.int("maxChanges", None, nullable=True, minimum=0)
+    a.id("upToId")   # checked, then ignored: name, role and the tree are all mutable
+    current, horizon = await changes.state_and_horizon(ctx.conn, ctx.account_id, MAILBOX.name)
+    since = state_int(since_state)
+    if since is None or since > current or since < horizon:
+        raise MethodError("cannotCalculateChanges", "the query state is too old or unknown; query again")
+    # Counts are neither filtered nor sorted on: a change to counts alone moves nothing.
+    changed = {c.object_id for c in await changes.since(ctx.conn, ctx.account_id, MAILBOX.name, since, None)
+               if c.created_modseq > since or c.is_destroyed or c.full_modseq > since}
+    ids, parents = await q.run(ctx, data_type)
+    if changed and (q.sort_as_tree or q.filter_as_tree):
+        # A mailbox renamed, moved or no longer matching carries its whole subtree with it.
+        changed |= {i for i in parents if any(p in changed for p in _ancestors(parents, i))}
+    added = [{"id": i, "index": n} for n, i in enumerate(ids) if i in changed]
+    removed = sorted(changed)
+    if max_changes is not None and len(added) + len(removed) > max_changes:
+        raise MethodError("tooManyChanges", f"{len(added) + len(removed)} changes, more than maxChanges")
+    response: dict[str, Any] = {
+        "accountId": ctx.account_id,
+        "oldQueryState": since_state,
+        "newQueryState": str(current),
+        "removed": removed,
+        "added": added,
+    }
+    if q.calculate_total:
+        response["total"] = len(ids)
+    return response
+
+
+# Accounts
+
+async def create_defaults(tx: Transaction, account_id: str, runtime: Runtime) -> None:
+    """A new account's mailboxes ([capabilities.mail] default_mailboxes), subscribed for its owner."""
+    defaults = settings(runtime).default_mailboxes
+    if not defaults:
+        return
+    rows = [(MAILBOX.id_prefix + runtime.config.new_id(), d.name, None, d.role, d.sort_order) for d in defaults]
+    await storage.insert_mailboxes(tx, account_id, rows)
+    owner = await storage.account_owner(tx, account_id)
+    if owner is not None:
+        await storage.set_subscribed(tx, owner, account_id, [r[0] for r in rows], True)
+    await changes.record(tx, account_id, MAILBOX.name, created=[r[0] for r in rows])
+
+
+async def check(runtime: Runtime) -> list[str]:
+    """`jmapled check`: maintained counts and flags that disagree with the emails."""
+    async with runtime.db.read() as conn:
+        return await storage.problems(conn)

@@ -1,0 +1,1 @@
+"""Migrations of the Mail capability (numbered SQL files, applied in order)."""

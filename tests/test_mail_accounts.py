@@ -1,0 +1,323 @@
+"""The mail capability and accounts (RFC 8621 §1.3.1, §1.4, §1.5, §2): settings, new, granted and old accounts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from conftest import add_user, basic, share
+from jmaple.app import make_app, open_runtime
+from jmaple.config import Config, ConfigError
+from jmaple.core.capability import Registry
+from jmaple.keys import RUNTIME
+from jmaple.mail import MAIL, PLUGIN as MAIL_PLUGIN, MailConfig
+from jmaple.mail import storage
+from jmaple.store import changes
+from jmaple.users import create_user, delete_user
+from test_mail_mailbox import (
+    ALL_RIGHTS, MAIL_USING, add_emails, assert_counts_consistent, call, email, error, ids_by_name, mail_client,
+    mail_plugins, mailboxes,
+)
+
+READ_ONLY_RIGHTS = {name: name == "mayReadItems" for name in ALL_RIGHTS}
+
+
+@pytest.fixture
+async def mail(aiohttp_client, tmp_path):
+    return await mail_client(aiohttp_client, tmp_path)
+
+
+async def get_session(client, auth: str | None = None) -> dict[str, Any]:
+    resp = await client.get("/jmap/session", headers={"Authorization": auth or client.auth})
+    assert resp.status == 200, await resp.text()
+    return await resp.json()
+
+
+# The capability (§1.3.1)
+
+async def test_the_session_lists_the_mail_capability_and_its_account_limits(mail):
+    """RFC 8621 §1.3.1: {} in the session; the account object has every limit; primaryAccounts names it."""
+    session = await get_session(mail)
+    assert session["capabilities"][MAIL] == {}
+    assert session["accounts"][mail.account_id]["accountCapabilities"][MAIL] == {
+        "maxMailboxesPerEmail": 100,
+        "maxMailboxDepth": 16,
+        "maxSizeMailboxName": 255,
+        "maxSizeAttachmentsPerEmail": 50_000_000,
+        "emailQuerySortOptions": ["receivedAt", "sentAt", "size", "from", "to", "subject", "hasKeyword",
+                                  "allInThreadHaveKeyword", "someInThreadHaveKeyword"],
+        "mayCreateTopLevelMailbox": True,
+    }
+    assert session["primaryAccounts"][MAIL] == mail.account_id
+
+
+async def test_every_limit_comes_from_the_configuration(aiohttp_client, tmp_path):
+    mail = await mail_client(aiohttp_client, tmp_path, max_mailboxes_per_email=0, max_mailbox_depth=0,
+                             max_size_mailbox_name=100, max_size_attachments_per_email=1000,
+                             may_create_top_level_mailbox=False)
+    info = (await get_session(mail))["accounts"][mail.account_id]["accountCapabilities"][MAIL]
+    assert {k: v for k, v in info.items() if k != "emailQuerySortOptions"} == {
+        "maxMailboxesPerEmail": None, "maxMailboxDepth": None, "maxSizeMailboxName": 100,
+        "maxSizeAttachmentsPerEmail": 1000, "mayCreateTopLevelMailbox": False}
+    # No depth limit: a tall tree is fine.
+    parent = None
+    for n in range(20):
+        args = {"name": f"L{n}", "parentId": parent or (await ids_by_name(mail))["Inbox"]}
+        result = await call(mail, "Mailbox/set", {"create": {"x": args}})
+        parent = result["created"]["x"]["id"]
+
+
+@pytest.mark.parametrize("table, key", [
+    ({"colour": "red"}, "colour"),
+    ({"max_mailbox_depth": "3"}, "max_mailbox_depth"),
+    ({"max_mailbox_depth": -1}, "max_mailbox_depth"),
+    ({"max_mailbox_depth": True}, "max_mailbox_depth"),
+    ({"max_mailboxes_per_email": 2.5}, "max_mailboxes_per_email"),
+    ({"max_size_mailbox_name": 99}, "max_size_mailbox_name"),
+    ({"max_size_attachments_per_email": 0}, "max_size_attachments_per_email"),
+    ({"max_size_attachments_per_email": 2**60}, "max_size_attachments_per_email"),
+    ({"may_create_top_level_mailbox": "yes"}, "may_create_top_level_mailbox"),
+    ({"default_mailboxes": "Inbox"}, "default_mailboxes"),
+    ({"default_mailboxes": ["Inbox"]}, "default_mailboxes[0]"),
+    ({"default_mailboxes": [{"role": "inbox"}]}, "default_mailboxes[0].name"),
+    ({"default_mailboxes": [{"name": ""}]}, "default_mailboxes[0].name"),
+    ({"default_mailboxes": [{"name": "a\nb"}]}, "default_mailboxes[0].name"),
+    ({"default_mailboxes": [{"name": "x" * 300}]}, "default_mailboxes[0].name"),
+    ({"default_mailboxes": [{"name": "A"}, {"name": "A"}]}, "default_mailboxes[1].name"),
+    ({"default_mailboxes": [{"name": "A", "role": "spam"}]}, "default_mailboxes[0].role"),
+    ({"default_mailboxes": [{"name": "A", "role": "Inbox"}]}, "default_mailboxes[0].role"),
+    ({"default_mailboxes": [{"name": "A", "role": "inbox"}, {"name": "B", "role": "inbox"}]},
+     "default_mailboxes[1].role"),
+    ({"default_mailboxes": [{"name": "A", "sort_order": -1}]}, "default_mailboxes[0].sort_order"),
+    ({"default_mailboxes": [{"name": "A", "sort_order": 2**31}]}, "default_mailboxes[0].sort_order"),
+    ({"default_mailboxes": [{"name": "A", "colour": "red"}]}, "default_mailboxes[0].colour"),
+])
+def test_a_bad_setting_is_refused_naming_its_key(tmp_path, table, key):
+    """[capabilities.mail]: every bad value is a ConfigError naming the table and the key."""
+    with pytest.raises(ValueError, match=f"^{key.replace('[', '.').replace(']', '.')}: "):
+        MailConfig.from_toml(table)
+    config = Config.for_tests(data_dir=tmp_path, capabilities={"mail": table})
+    with pytest.raises(ConfigError) as raised:
+        Registry.load(config, mail_plugins())
+    assert f"[capabilities.mail] {key}: " in str(raised.value)
+
+
+def test_the_settings_have_sensible_defaults_and_accept_a_single_inbox():
+    assert MailConfig.from_toml({}) == MailConfig()
+    settings = MailConfig.from_toml({"enabled": True, "default_mailboxes": [{"name": "Inbox", "role": "inbox"}]})
+    assert [(m.name, m.role, m.sort_order) for m in settings.default_mailboxes] == [("Inbox", "inbox", 1)]
+
+
+async def test_an_operator_may_give_new_accounts_only_an_inbox(aiohttp_client, tmp_path):
+    """The default mailboxes are configurable: [capabilities.mail] default_mailboxes."""
+    mail = await mail_client(aiohttp_client, tmp_path, default_mailboxes=[
+        {"name": "Posteingang", "role": "inbox", "sort_order": 7}, {"name": "Später"}])
+    got = await mailboxes(mail)
+    assert {n: (m["role"], m["sortOrder"], m["isSubscribed"]) for n, m in got.items()} == {
+        "Posteingang": ("inbox", 7, True), "Später": (None, 2, True)}
+
+
+async def test_without_the_plugin_there_is_no_mail_capability(aiohttp_client, tmp_path):
+    config = Config.for_tests(data_dir=tmp_path / "data", capabilities={"mail": {"enabled": False}})
+    client = await aiohttp_client(make_app(config, capabilities=mail_plugins()))
+    await add_user(client, "alice@example.org")
+    client.auth = basic("alice@example.org")
+    session = await get_session(client)
+    assert MAIL not in session["capabilities"] and MAIL not in session["primaryAccounts"]
+
+
+def test_email_delivery_is_a_push_type_of_the_mail_capability(tmp_path):
+    """RFC 8621 §1.5: servers with the mail capability push state changes of EmailDelivery."""
+    registry = Registry.load(Config.for_tests(data_dir=tmp_path), mail_plugins())
+    assert registry.push_types["EmailDelivery"] == MAIL
+    assert registry.push_types["Mailbox"] == MAIL
+
+
+# New accounts
+
+async def test_a_new_accounts_mailboxes_are_in_its_change_log(mail):
+    """RFC 8620 §5.2: a client that starts from state "0" learns of every default mailbox as created."""
+    result = await call(mail, "Mailbox/changes", {"sinceState": "0"})
+    got = await call(mail, "Mailbox/get", {"ids": None})
+    assert sorted(result["created"]) == sorted(m["id"] for m in got["list"])
+    assert result["newState"] == got["state"] and result["updated"] == result["destroyed"] == []
+    page = await call(mail, "Mailbox/changes", {"sinceState": "0", "maxChanges": 2})
+    assert len(page["created"]) == 2 and page["hasMoreChanges"] is True
+
+
+async def test_deleting_a_user_takes_their_mail_along(mail):
+    ids = await ids_by_name(mail)
+    await add_emails(mail, email([ids["Inbox"], ids["Archive"]]), email([ids["Trash"]]))
+    runtime = mail.app[RUNTIME]
+    await delete_user(runtime, "alice@example.org")
+    async with runtime.db.read() as conn:
+        for table in ("mailboxes", "mailbox_subscriptions", "emails", "email_mailboxes", "email_keywords",
+                      "threads", "thread_message_ids"):
+            assert await conn.value(f"SELECT count(*) FROM {table}") == 0, table
+        assert await conn.all("PRAGMA foreign_key_check") == []
+
+
+# Granted accounts (§1.4, §2 myRights and isSubscribed)
+
+@pytest.fixture
+async def bob(mail):
+    """bob@example.org, who alice (mail's user) shares her account with; returns bob's auth header."""
+    await add_user(mail, "bob@example.org")
+    return basic("bob@example.org")
+
+
+async def as_bob(mail, auth: str, method: str, args: dict[str, Any]) -> list[Any]:
+    body = {"using": MAIL_USING, "methodCalls": [[method, {"accountId": mail.account_id, **args}, "0"]]}
+    return (await mail.request_json(body, auth=auth))["methodResponses"][0]
+
+
+async def test_a_read_only_grant_shows_her_mailboxes_read_only_and_unsubscribed(mail, bob):
+    """RFC 8621 §1.4 and §2: only the mail capability; myRights reflect the grant; isSubscribed false."""
+    await share(mail, "bob@example.org", "alice@example.org", may_write=False)
+    session = await get_session(mail, bob)
+    account = session["accounts"][mail.account_id]
+    assert (account["isPersonal"], account["isReadOnly"]) == (False, True)
+    assert list(account["accountCapabilities"]) == [MAIL]
+    assert account["accountCapabilities"][MAIL]["mayCreateTopLevelMailbox"] is False
+    assert session["primaryAccounts"][MAIL] != mail.account_id
+    name, result, _ = await as_bob(mail, bob, "Mailbox/get", {"ids": None})
+    assert name == "Mailbox/get" and len(result["list"]) == 6
+    assert all(m["myRights"] == READ_ONLY_RIGHTS and m["isSubscribed"] is False for m in result["list"])
+    # Her own view is unchanged.
+    assert all(m["isSubscribed"] for m in (await mailboxes(mail)).values())
+    name, result, _ = await as_bob(mail, bob, "Mailbox/query", {"filter": {"isSubscribed": False}})
+    assert len(result["ids"]) == 6
+
+
+async def test_a_read_only_grant_cannot_set_mailboxes(mail, bob):
+    """RFC 8620 §5.3 accountReadOnly; isSubscribed included, since Mailbox/set is a write to her account."""
+    await share(mail, "bob@example.org", "alice@example.org", may_write=False)
+    ids = await ids_by_name(mail)
+    for args in ({"create": {"a": {"name": "A"}}}, {"update": {ids["Inbox"]: {"isSubscribed": True}}},
+                 {"destroy": [ids["Junk"]]}):
+        name, result, _ = await as_bob(mail, bob, "Mailbox/set", args)
+        assert (name, result["type"]) == ("error", "accountReadOnly")
+
+
+async def test_a_read_write_grant_keeps_subscriptions_per_user(mail, bob):
+    """RFC 8621 §2 isSubscribed: stored separately per user; true for mailboxes one creates oneself."""
+    await share(mail, "bob@example.org", "alice@example.org", may_write=True)
+    ids = await ids_by_name(mail)
+    name, result, _ = await as_bob(mail, bob, "Mailbox/set", {
+        "create": {"a": {"name": "Bob's"}}, "update": {ids["Sent"]: {"isSubscribed": True}}})
+    assert name == "Mailbox/set" and result["created"]["a"]["isSubscribed"] is True
+    assert result["created"]["a"]["myRights"] == ALL_RIGHTS
+    created = result["created"]["a"]["id"]
+    _, result, _ = await as_bob(mail, bob, "Mailbox/get", {"ids": None})
+    subscribed = {m["name"] for m in result["list"] if m["isSubscribed"]}
+    assert subscribed == {"Bob's", "Sent"}
+    assert {m["name"]: m["myRights"] for m in result["list"]}["Inbox"] == {**ALL_RIGHTS, "mayDelete": False}
+    # Alice's subscriptions are hers: the mailbox bob made in her account is subscribed for her too.
+    await call(mail, "Mailbox/set", {"update": {ids["Sent"]: {"isSubscribed": False}}})
+    got = await mailboxes(mail)
+    assert got["Bob's"]["isSubscribed"] is True and got["Sent"]["isSubscribed"] is False
+    _, result, _ = await as_bob(mail, bob, "Mailbox/get", {"ids": [ids["Sent"], created]})
+    assert [m["isSubscribed"] for m in result["list"]] == [True, True]
+
+
+async def test_a_grantee_sees_the_counts_of_her_mailboxes(mail, bob):
+    await share(mail, "bob@example.org", "alice@example.org", may_write=False)
+    ids = await ids_by_name(mail)
+    await add_emails(mail, email([ids["Inbox"]]))
+    _, result, _ = await as_bob(mail, bob, "Mailbox/get", {"ids": [ids["Inbox"]], "properties": ["unreadEmails"]})
+    assert result["list"] == [{"id": ids["Inbox"], "unreadEmails": 1}]
+
+
+async def test_an_account_that_is_not_shared_is_not_found(mail, bob):
+    name, result, _ = await as_bob(mail, bob, "Mailbox/get", {})
+    assert (name, result["type"]) == ("error", "accountNotFound")
+
+
+# Accounts from before the mail capability (back-fill by the first migration)
+
+async def test_accounts_from_before_the_mail_capability_get_the_default_mailboxes(tmp_path):
+    """Issue 4: accounts that exist before the capability is installed are back-filled by its first migration."""
+    data = tmp_path / "data"
+    without = Config.for_tests(data_dir=data, capabilities={"mail": {"enabled": False}})
+    async with open_runtime(without, mail_plugins()) as runtime:
+        assert "mail" not in await runtime.db.schema_versions()
+        alice = await create_user(runtime, "alice@example.org", "Alice", "correct horse battery staple")
+        carol = await create_user(runtime, "carol@example.org", "Carol", "correct horse battery staple")
+        async with runtime.db.write() as tx:     # earlier activity in alice's account
+            await changes.bump(tx, alice.account_id, "Other")
+            await changes.bump(tx, alice.account_id, "Other")
+    with_mail = Config.for_tests(data_dir=data)
+    async with open_runtime(with_mail, mail_plugins()) as runtime:
+        assert (await runtime.db.schema_versions())["mail"] == 1
+        async with runtime.db.read() as conn:
+            assert await changes.state(conn, alice.account_id, "Other") == "2"
+            assert await changes.state(conn, alice.account_id, "Mailbox") == "8"
+            assert await changes.state(conn, carol.account_id, "Mailbox") == "6"
+            logged = await changes.since(conn, alice.account_id, "Mailbox", 2, None)
+            assert sorted(c.created_modseq for c in logged) == [3, 4, 5, 6, 7, 8]
+            for user in (alice, carol):
+                rows = await storage.mailboxes(conn, user.account_id, user.id)
+                assert sorted((r.name, r.role, r.sort_order, r.is_subscribed) for r in rows) == [
+                    ("Archive", "archive", 4, True), ("Drafts", "drafts", 2, True), ("Inbox", "inbox", 1, True),
+                    ("Junk", "junk", 5, True), ("Sent", "sent", 3, True), ("Trash", "trash", 6, True)]
+                assert all(r.id.startswith("M") and len(r.id) == 19 for r in rows)
+            assert await storage.problems(conn) == []
+        dave = await create_user(runtime, "dave@example.org", "Dave", "correct horse battery staple")
+        async with runtime.db.read() as conn:
+            assert len(await storage.mailboxes(conn, dave.account_id, dave.id)) == 6
+
+
+async def test_back_filled_mailboxes_are_in_the_change_log_over_http(aiohttp_client, tmp_path):
+    """RFC 8620 §5.2: /changes from "0" reports the back-filled mailboxes as created, states agree."""
+    data = tmp_path / "data"
+    async with open_runtime(Config.for_tests(data_dir=data, capabilities={"mail": {"enabled": False}}),
+                            mail_plugins()) as runtime:
+        await create_user(runtime, "alice@example.org", "Alice", "correct horse battery staple")
+    client = await aiohttp_client(make_app(Config.for_tests(data_dir=data), capabilities=mail_plugins()))
+    client.auth = basic("alice@example.org")
+    session = await get_session(client)
+    client.account_id = session["primaryAccounts"][MAIL]
+    got = await call(client, "Mailbox/get", {"ids": None})
+    assert len(got["list"]) == 6
+    changed = await call(client, "Mailbox/changes", {"sinceState": "0"})
+    assert sorted(changed["created"]) == sorted(m["id"] for m in got["list"])
+    assert changed["newState"] == got["state"]
+    # The log goes on from there.
+    result = await call(client, "Mailbox/set", {"create": {"a": {"name": "After"}}})
+    changed = await call(client, "Mailbox/changes", {"sinceState": got["state"]})
+    assert changed["created"] == [result["created"]["a"]["id"]]
+    assert int(result["newState"]) > int(got["state"])
+
+
+# `jmapled check` and repairs
+
+async def test_the_check_finds_wrong_counts_and_repair_fixes_them(mail):
+    ids = await ids_by_name(mail)
+    await add_emails(mail, email([ids["Inbox"]]), email([ids["Inbox"]], keywords=("$seen",)))
+    runtime = mail.app[RUNTIME]
+    check = MAIL_PLUGIN.checks[0]
+    assert await check(runtime) == []
+    async with runtime.db.write() as tx:
+        await tx.execute("UPDATE mailboxes SET unread_emails = 7 WHERE id = ?", (ids["Inbox"],))
+        await tx.execute("UPDATE emails SET is_unread = 0 WHERE account_id = ?", (mail.account_id,))
+    found = await check(runtime)
+    assert len(found) == 2 and "counts" in found[0] and "is_unread" in found[1]
+    async with runtime.db.write() as tx:
+        await tx.execute("UPDATE emails SET is_unread = 1 WHERE account_id = ? AND id NOT IN"
+                         " (SELECT email_id FROM email_keywords)", (mail.account_id,))
+    state = (await call(mail, "Mailbox/get", {"ids": []}))["state"]
+    async with runtime.db.write() as tx:
+        assert await storage.repair_counts(tx, mail.account_id) == [ids["Inbox"]]
+    assert await check(runtime) == []
+    await assert_counts_consistent(mail)
+    changed = await call(mail, "Mailbox/changes", {"sinceState": state})
+    assert changed["updated"] == [ids["Inbox"]] and changed["updatedProperties"] is not None
+
+
+async def test_hostile_account_ids_are_refused(mail):
+    for account_id in (None, 5, "", "A" * 300, "Anope"):
+        result = await mail.error("Mailbox/get", {"accountId": account_id}, using=MAIL_USING)
+        assert result["type"] in ("invalidArguments", "accountNotFound"), account_id
+    assert (await error(mail, "Mailbox/get", {"ids": "x"}))["type"] == "invalidArguments"
+    assert (await error(mail, "Mailbox/get", {"ids": [1]}))["type"] == "invalidArguments"
