@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -13,6 +12,8 @@ import orjson
 from aiohttp import web
 
 from jmaple.api import add_routes
+from jmaple.api.streams import StreamSupervisor
+from jmaple.api.ticket import Tickets
 from jmaple.api.http import Limiter, cors_middleware, problem_middleware
 from jmaple.auth import Authenticator, auth_middleware
 from jmaple.config import Config
@@ -20,7 +21,8 @@ from jmaple.core.capability import Plugin, Registry
 from jmaple.core.context import Runtime
 from jmaple.core.dispatcher import Dispatcher
 from jmaple.core.publisher import StatePublisher
-from jmaple.keys import AUTHENTICATOR, CONFIG, DISPATCHER, EXTRA_PLUGINS, LIMITER, PRINCIPAL, RUNTIME, STREAMS
+from jmaple.keys import (AUTH_HEADER, AUTHENTICATOR, CONFIG, DISPATCHER, EXTRA_PLUGINS, LIMITER, PRINCIPAL,
+                         PUBLISHER, RUNTIME, SUPERVISOR, TICKETS)
 from jmaple.push.broker import PushBroker
 from jmaple.store import changes
 from jmaple.store.blobs import BlobStore
@@ -74,7 +76,9 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
         await publisher.start()
         app[RUNTIME] = runtime
         app[DISPATCHER] = Dispatcher(runtime, publisher, _tracer if config.trace else None)
+        app[PUBLISHER] = publisher
         app[AUTHENTICATOR] = Authenticator(runtime.db, config.auth)
+        app[SUPERVISOR] = supervisor = StreamSupervisor(app[AUTHENTICATOR])
         for plugin in runtime.registry.plugins:
             for service in plugin.services:
                 await stack.enter_async_context(service(runtime))
@@ -85,6 +89,7 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
 
         tasks = [
             asyncio.create_task(publisher.watch(), name="jmaple.watch"),
+            asyncio.create_task(supervisor.run(), name="jmaple.streams"),
             asyncio.create_task(_every(BLOB_COLLECT_INTERVAL, lambda: runtime.blobs.collect(runtime.db),
                                        "blob collection"), name="jmaple.blobs"),
             asyncio.create_task(_every(TOMBSTONE_PRUNE_INTERVAL, prune, "tombstone pruning"), name="jmaple.prune"),
@@ -99,7 +104,9 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
 
 async def close_streams(app: web.Application) -> None:
     """Tell every open SSE and WebSocket stream that the server is going away, before cleanup."""
-    for stream in list(app[STREAMS]):
+    if SUPERVISOR not in app:
+        return
+    for stream in list(app[SUPERVISOR].streams):
         with contextlib.suppress(Exception):
             await stream.close_for_shutdown()
 
@@ -108,12 +115,12 @@ def make_app(config: Config, *, capabilities: Sequence[Plugin] = ()) -> web.Appl
     """The aiohttp application; its parts open in lifespan()."""
     app = web.Application(
         middlewares=[cors_middleware(config.server), problem_middleware,
-                     auth_middleware(AUTHENTICATOR, config.server, PRINCIPAL)],
+                     auth_middleware(AUTHENTICATOR, config.server, PRINCIPAL, AUTH_HEADER, TICKETS)],
         client_max_size=max(config.limits.max_size_request, config.limits.max_size_upload) + 1,
     )
     app[CONFIG] = config
     app[EXTRA_PLUGINS] = tuple(capabilities)
-    app[STREAMS] = weakref.WeakSet()
+    app[TICKETS] = Tickets()
     app[LIMITER] = Limiter()
     app.cleanup_ctx.append(lifespan)
     app.on_shutdown.append(close_streams)

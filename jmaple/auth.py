@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -196,9 +197,17 @@ PUBLIC_PATHS = frozenset({"/.well-known/jmap", "/healthz"})
 PUBLIC_METHODS = frozenset({"GET", "HEAD"})
 
 
+TICKET_PATHS = frozenset({"/jmap/eventsource", "/jmap/ws"})
+
+
 def auth_middleware(authenticator_key: web.AppKey[Authenticator], server: ServerConfig,
-                    principal_key: web.RequestKey[Principal]) -> object:
-    """Every request but the discovery redirect, preflight and /healthz needs valid credentials."""
+                    principal_key: web.RequestKey[Principal], header_key: web.RequestKey[str],
+                    tickets_key: web.AppKey[Any]) -> object:
+    """Every request but the discovery redirect, preflight and /healthz needs valid credentials.
+
+    The push streams also accept `?ticket=` (browsers cannot set Authorization on them); a ticket stands
+    for the credentials it was issued with, so revoking those ends it too.
+    """
     from jmaple.api.http import problem   # api depends on auth's types, not the other way round
 
     @web.middleware
@@ -207,9 +216,11 @@ def auth_middleware(authenticator_key: web.AppKey[Authenticator], server: Server
             return await handler(request)
         authenticator = request.app[authenticator_key]
         header = request.headers.get("Authorization")
+        if header is None and request.path in TICKET_PATHS and "ticket" in request.query:
+            header = request.app[tickets_key].redeem(request.query["ticket"], request.path)
         principal = await authenticator.authenticate(header) if header else None
         if principal is None:
-            if header:
+            if header or "ticket" in request.query:
                 delay = authenticator.failure_delay(client_address(request, server))
                 if delay:
                     await asyncio.sleep(delay)
@@ -218,6 +229,7 @@ def auth_middleware(authenticator_key: web.AppKey[Authenticator], server: Server
             response.headers["WWW-Authenticate"] = WWW_AUTHENTICATE
             return response
         request[principal_key] = principal
+        request[header_key] = header
         return await handler(request)
 
     return middleware

@@ -138,9 +138,17 @@ class AuthConfig:
 @dataclass(frozen=True)
 class PushConfig:
     broker: str = "local"
+    ping_min: int = 10
+    ping_max: int = 600
+    websocket_heartbeat: float = 30.0
 
     def validate(self) -> None:
         _field("broker", lambda: _check(self.broker == "local", 'must be "local"'))
+        # RFC 8620 §7.3: clients ask for a ping interval; ours is clamped into [ping_min, ping_max].
+        _field("ping_min", lambda: _check(1 <= self.ping_min <= 30, "must be between 1 and 30 (seconds)"))
+        _field("ping_max", lambda: _check(300 <= self.ping_max <= 86400, "must be between 300 and 86400 (seconds)"))
+        _field("websocket_heartbeat", lambda: _check(
+            5 <= self.websocket_heartbeat <= 600, "must be between 5 and 600 (seconds between WebSocket pings)"))
 
 
 @dataclass(frozen=True)

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 from aiohttp import web
 
+from jmaple.api.streams import StreamSupervisor
 from jmaple.auth import Authenticator
 from jmaple.config import Config
 from jmaple.core.capability import Plugin
 from jmaple.core.context import Principal, Runtime
 from jmaple.core.dispatcher import Dispatcher
+from jmaple.core.publisher import StatePublisher
 
 CONFIG = web.AppKey("jmaple.config", Config)
 EXTRA_PLUGINS = web.AppKey("jmaple.extra_plugins", tuple[Plugin, ...])
@@ -19,11 +20,14 @@ RUNTIME = web.AppKey("jmaple.runtime", Runtime)
 DISPATCHER = web.AppKey("jmaple.dispatcher", Dispatcher)
 AUTHENTICATOR = web.AppKey("jmaple.authenticator", Authenticator)
 LIMITER = web.AppKey("jmaple.limiter", Any)
-STREAMS = web.AppKey("jmaple.streams", weakref.WeakSet)
 METRICS = web.AppKey("jmaple.metrics", dict)
+PUBLISHER = web.AppKey("jmaple.publisher", StatePublisher)
+SUPERVISOR = web.AppKey("jmaple.supervisor", StreamSupervisor)
+TICKETS = web.AppKey("jmaple.tickets", Any)
 
 # Request keys (per request, set by the auth middleware).
 PRINCIPAL = web.RequestKey("jmaple.principal", Principal)
+AUTH_HEADER = web.RequestKey("jmaple.auth_header", str)   # the credentials used (never logged)
 
 
 def principal_of(request: web.Request) -> Principal:

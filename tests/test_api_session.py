@@ -5,12 +5,20 @@ from __future__ import annotations
 import asyncio
 import re
 
+import pytest
+
 from conftest import CORE, NOTES, add_user, basic, share
 from jmaple.app import make_app
 from jmaple.config import Config
 from jmaple.keys import RUNTIME
 from jmaple.users import revoke_grant
 from notes import PLUGIN as NOTES_PLUGIN
+
+
+@pytest.fixture
+def config(tmp_path) -> Config:
+    """Without the Mail plugin, so the whole Session can be compared: just core and the test capability."""
+    return Config.for_tests(data_dir=tmp_path / "data", capabilities={"mail": {"enabled": False}})
 
 ID = re.compile(r"[A-Za-z0-9_-]{1,255}")
 
@@ -54,6 +62,10 @@ async def test_the_session_describes_the_server_and_the_users_account(client):
                 "maxObjectsInSet": limits.max_objects_in_set,
                 "collationAlgorithms": ["i;ascii-numeric", "i;ascii-casemap", "i;unicode-casemap", "i;octet"],
             },
+            "urn:ietf:params:jmap:websocket": {"url": f"ws://{client.host}:{client.port}/jmap/ws",
+                                               "supportsPush": True},
+            "https://jmaple.org/capabilities/ticket": {"url": f"{base}/jmap/ticket",
+                                                       "endpoints": ["eventsource", "websocket"], "lifetime": 60},
             NOTES: {"maxNoteSize": 10000},
         },
         "accounts": {

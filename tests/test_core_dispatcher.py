@@ -459,7 +459,7 @@ async def boom(aiohttp_client, config):
 async def test_an_internal_error_is_server_fail_without_internals_and_is_rolled_back(boom, caplog):
     """RFC 8620 §3.6.2: serverFail; the method made no change. The traceback is logged with the call id."""
     runtime = boom.app[RUNTIME]
-    with runtime.broker.subscribe([boom.account_id]) as sub:
+    with runtime.broker.subscribe([boom.account_id], {"Note"}) as sub:
         with caplog.at_level(logging.ERROR, logger="jmaple.core.dispatcher"):
             responses = await boom.calls(("Boom/explode", {"accountId": boom.account_id}, "kaboom"),
                                          ("Note/get", {"accountId": boom.account_id, "ids": None}, "after"),

@@ -591,7 +591,7 @@ async def test_query_sorts_with_ascii_numeric(client):
     ids = await create_notes(client, *({"title": t} for t in ["100", "9", "x", "10 b", "010", "20"]))
     notes = dict(zip(["100", "9", "x", "10 b", "010", "20"], ids))
     titles = await query_titles(client, notes, sort=[{"property": "title", "collation": "i;ascii-numeric"},
-                                                     {"property": "id"}])
+                                                     {"property": "id", "collation": "i;octet"}])
     tied = sorted([notes["010"], notes["10 b"]])      # equal numbers: the next comparator (id) decides
     by_id = {v: k for k, v in notes.items()}
     assert titles == ["9", by_id[tied[0]], by_id[tied[1]], "20", "100", "x"]

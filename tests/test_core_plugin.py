@@ -43,6 +43,11 @@ def registry(tmp_path, *plugins: Plugin, **raw: Any) -> Registry:
     return Registry.load(Config.for_tests(tmp_path / "data", **raw), plugins)
 
 
+def installed(tmp_path) -> list[str]:
+    """The plugins installed besides the tests' own (core, and whatever else this environment has)."""
+    return [p.name for p in registry(tmp_path).plugins]
+
+
 # Registration
 
 def test_a_duplicate_capability_urn_fails_at_startup_naming_both_plugins(tmp_path):
@@ -109,11 +114,13 @@ def test_the_registry_indexes_types_and_push_types_by_capability(tmp_path):
                     push_types=("NoteDelivery",))
     reg = registry(tmp_path, NOTES_PLUGIN, pusher)
     assert reg.types["Note"] is NOTE
-    assert reg.push_types == {"Note": NOTES, "Notebook": NOTES, "NoteSettings": NOTES,
-                              "NoteDelivery": "https://jmaple.test/push"}
+    mine = {"Note", "Notebook", "NoteSettings", "NoteDelivery"}
+    assert {t: urn for t, urn in reg.push_types.items() if t in mine} == {
+        "Note": NOTES, "Notebook": NOTES, "NoteSettings": NOTES, "NoteDelivery": "https://jmaple.test/push"}
     assert reg.methods["Note/get"].capability == NOTES
     assert reg.methods["Core/echo"].capability == CORE
-    assert [p.name for p in reg.plugins] == ["core", "notes", "pusher"]
+    assert [p.name for p in reg.plugins] == [*installed(tmp_path), "notes", "pusher"]
+    assert reg.plugins[0].name == "core"
 
 
 # Configuration: [capabilities.<name>]
@@ -130,7 +137,7 @@ async def test_a_plugin_switched_off_in_the_configuration_is_gone(aiohttp_client
     assert responses[0][1]["type"] == "unknownMethod"
     session = await (await client.get("/jmap/session", headers=client.headers())).json()
     assert NOTES not in session["capabilities"]
-    assert session["accounts"][user.account_id]["accountCapabilities"] == {}
+    assert NOTES not in session["accounts"][user.account_id]["accountCapabilities"]
 
 
 def test_enabled_must_be_a_boolean(tmp_path):
@@ -147,7 +154,7 @@ def test_a_table_for_a_plugin_that_is_not_installed_is_an_error_unless_disabled(
     with pytest.raises(ConfigError, match=r"\[capabilities.calendars\]: no such plugin is installed"):
         registry(tmp_path, capabilities={"calendars": {}})
     reg = registry(tmp_path, capabilities={"calendars": {"enabled": False}})
-    assert [p.name for p in reg.plugins] == ["core"]
+    assert [p.name for p in reg.plugins] == installed(tmp_path)
 
 
 def parse_colour_config(table):
@@ -195,6 +202,15 @@ async def private(aiohttp_client, config):
     return client, alice, bob
 
 
+MINE = (NOTES, DIARY, INK)
+
+
+def mine(account: dict[str, Any]) -> dict[str, Any]:
+    """An Account object with only the capabilities of the tests' plugins (others may be installed)."""
+    caps = {urn: v for urn, v in account["accountCapabilities"].items() if urn in MINE}
+    return {**account, "accountCapabilities": caps}
+
+
 async def session_of(client, login: str) -> dict[str, Any]:
     resp = await client.get("/jmap/session", headers={"Authorization": basic(login)})
     assert resp.status == 200
@@ -208,23 +224,27 @@ async def test_the_session_lists_each_capability_and_its_account_capability(priv
     assert session["capabilities"][NOTES] == {"maxNoteSize": 10000}
     assert session["capabilities"][DIARY] == {"pages": 365}
     assert session["capabilities"][INK] == {}
-    assert set(session["capabilities"]) == {CORE, NOTES, DIARY, INK}
-    assert session["accounts"] == {alice.account_id: {
+    assert CORE in session["capabilities"]
+    [account] = session["accounts"].values()
+    assert mine(account) == {
         "name": "alice@example.org", "isPersonal": True, "isReadOnly": False,
-        "accountCapabilities": {NOTES: {"canPin": True}, DIARY: {}, INK: {"colour": "blue"}}}}
-    assert session["primaryAccounts"] == {NOTES: alice.account_id, DIARY: alice.account_id,
-                                          INK: alice.account_id}
+        "accountCapabilities": {NOTES: {"canPin": True}, DIARY: {}, INK: {"colour": "blue"}}}
+    assert CORE not in account["accountCapabilities"]
+    assert {urn: a for urn, a in session["primaryAccounts"].items() if urn in MINE} == {
+        NOTES: alice.account_id, DIARY: alice.account_id, INK: alice.account_id}
+    assert CORE not in session["primaryAccounts"]
 
 
 async def test_a_granted_account_lists_only_the_capabilities_it_supports(private):
     """RFC 8620 §2: a read-only grant lists neither unshareable capabilities nor ones it lacks."""
     client, alice, bob = private
     session = await session_of(client, "bob@example.org")
-    assert session["accounts"][alice.account_id] == {
+    assert mine(session["accounts"][alice.account_id]) == {
         "name": "alice@example.org", "isPersonal": False, "isReadOnly": True,
         "accountCapabilities": {NOTES: {"canPin": False}}}
-    assert set(session["accounts"][bob.account_id]["accountCapabilities"]) == {NOTES, DIARY, INK}
-    assert session["primaryAccounts"] == {NOTES: bob.account_id, DIARY: bob.account_id, INK: bob.account_id}
+    assert set(mine(session["accounts"][bob.account_id])["accountCapabilities"]) == {NOTES, DIARY, INK}
+    assert {urn: a for urn, a in session["primaryAccounts"].items() if urn in MINE} == {
+        NOTES: bob.account_id, DIARY: bob.account_id, INK: bob.account_id}
 
 
 async def test_a_method_on_an_account_without_its_capability_is_account_not_supported(private):
@@ -283,7 +303,7 @@ EVENTS: list[str] = []
 def recording_service(runtime) -> contextlib.AbstractAsyncContextManager[None]:
     @contextlib.asynccontextmanager
     async def run() -> AsyncIterator[None]:
-        EVENTS.append(f"start {sorted(runtime.registry.capabilities)[0]}")
+        EVENTS.append(f"start {'service' in [p.name for p in runtime.registry.plugins]}")
         try:
             yield
         finally:
@@ -295,6 +315,19 @@ async def test_services_are_started_and_stopped_by_the_lifespan(aiohttp_client, 
     EVENTS.clear()
     plugin = Plugin(name="service", services=(recording_service,))
     client = await aiohttp_client(make_app(config, capabilities=[plugin]))
-    assert EVENTS == ["start urn:ietf:params:jmap:core"]
+    assert EVENTS == ["start True"]
     await client.close()
-    assert EVENTS == ["start urn:ietf:params:jmap:core", "stop"]
+    assert EVENTS == ["start True", "stop"]
+
+
+async def test_a_capability_without_methods_describes_the_server_not_accounts(aiohttp_client, config):
+    """RFC 8620 §2: accountCapabilities holds capabilities that have methods to use with the account."""
+    server_wide = Plugin(name="wide", capabilities=(
+        Capability("https://jmaple.test/wide", session_info=lambda config: {"url": "x"}),))
+    client = await aiohttp_client(make_app(config, capabilities=[server_wide]))
+    await add_user(client, "alice@example.org")
+    session = await session_of(client, "alice@example.org")
+    assert session["capabilities"]["https://jmaple.test/wide"] == {"url": "x"}
+    [account] = session["accounts"].values()
+    assert "https://jmaple.test/wide" not in account["accountCapabilities"]
+    assert "https://jmaple.test/wide" not in session["primaryAccounts"]

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 CORE = "urn:ietf:params:jmap:core"
 ENTRY_POINT_GROUP = "jmaple.capabilities"
 # Used when the package is run from a checkout without being installed (the `jmapled` launcher).
-BUILTIN_PLUGINS = {"core": "jmaple.core.core:PLUGIN"}
+BUILTIN_PLUGINS = {"core": "jmaple.core.core:PLUGIN", "mail": "jmaple.mail:PLUGIN"}
 
 Handler = Callable[["MethodContext", dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -97,6 +97,8 @@ class DataType:
     filters: Mapping[str, Filter] = field(default_factory=dict)
     id_prefix: str = ""
     # Raise SetFailure to reject; called with (ctx, new object, old object or None) before it is written.
+    # It may fill in server-set properties but must not write: a later check (tooLarge) can still refuse
+    # the object, so side effects such as counters belong in the store's insert/update/delete.
     validate: SetHook | None = None
     before_destroy: DestroyHook | None = None
     max_objects: int | None = None       # per account: beyond it a create is overQuota
@@ -130,8 +132,9 @@ class Capability:
 
     urn: str
     session_info: Callable[[Config], dict[str, Any]] | None = None
-    # The object in an account's accountCapabilities: None here lists {} for every account; a function
-    # returning None means that account does not have the capability (accountNotSupportedByMethod).
+    # The object in an account's accountCapabilities: None here lists {} for every account when the
+    # capability has types or methods (else it is server-wide only); a function returning None means
+    # that account does not have the capability (accountNotSupportedByMethod).
     account_info: AccountInfo | None = None
     shareable: bool = True                     # available on accounts granted to other users
     data_types: tuple[DataType, ...] = ()
@@ -268,7 +271,9 @@ class Registry:
         if not (access.is_personal or cap.shareable):
             return None
         if cap.account_info is None:
-            return {}
+            # RFC 8620 §2: accountCapabilities names capabilities with methods to use on the account;
+            # one that only describes the server (RFC 8887 WebSocket, say) is not listed.
+            return {} if cap.data_types or cap.methods else None
         return cap.account_info(config, access)
 
     def account_capabilities(self, config: Config, access: Access) -> dict[str, Any]:

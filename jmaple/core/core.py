@@ -8,6 +8,7 @@ from jmaple.config import Config
 from jmaple.core.capability import CORE, Capability, Method, Plugin
 from jmaple.core.context import MethodContext
 from jmaple.core.errors import SetError, invalid_arguments
+from jmaple.core.session import SessionUrl
 from jmaple.core.methods import COLLATIONS, Args, check_count
 from jmaple.store.blobs import is_blob_id
 from jmaple.store.db import Transaction
@@ -57,6 +58,21 @@ async def blob_copy(ctx: MethodContext, args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+WEBSOCKET = "urn:ietf:params:jmap:websocket"
+# A vendor capability: POST there for a ticket to open EventSource/WebSocket from a browser.
+TICKET = "https://jmaple.org/capabilities/ticket"
+
+
+def websocket_session_info(config: Config) -> dict[str, Any]:
+    """RFC 8887 §3: where the WebSocket endpoint is, and that it pushes."""
+    return {"url": SessionUrl("/jmap/ws", websocket=True), "supportsPush": True}
+
+
+def ticket_session_info(config: Config) -> dict[str, Any]:
+    return {"url": SessionUrl("/jmap/ticket"), "endpoints": ["eventsource", "websocket"],
+            "lifetime": 60}
+
+
 PLUGIN = Plugin(
     name="core",
     capabilities=(
@@ -68,6 +84,8 @@ PLUGIN = Plugin(
                 "Blob/copy": Method(blob_copy, writes=True, from_account="fromAccountId"),
             },
         ),
+        Capability(WEBSOCKET, session_info=websocket_session_info),
+        Capability(TICKET, session_info=ticket_session_info),
     ),
     migrations="jmaple.store.migrations",
 )

@@ -26,6 +26,11 @@ class StatePublisher:
         self._published: dict[tuple[str, str], int] = {}
         self._seq = 0
 
+    @property
+    def watermark(self) -> int:
+        """Every commit up to this global sequence number has been published (pushState and SSE ids)."""
+        return self._seq
+
     async def start(self) -> None:
         async with self.db.read() as conn:
             self._seq = await changes.current_seq(conn)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -11,12 +12,32 @@ from jmaple.core.capability import CORE
 from jmaple.core.context import Principal, Runtime
 
 
+@dataclass(frozen=True)
+class SessionUrl:
+    """A URL in a capability's session object, made absolute under the server's base URL."""
+
+    path: str
+    websocket: bool = False
+
+    def absolute(self, base_url: str) -> str:
+        if self.websocket:
+            base_url = "ws" + base_url[4:] if base_url.startswith("http") else base_url
+        return base_url + self.path
+
+
+def _capabilities(runtime: Runtime, base_url: str) -> dict[str, Any]:
+    out = {}
+    for urn, cap in runtime.registry.capabilities.items():
+        info = cap.session_info(runtime.config) if cap.session_info else {}
+        out[urn] = {k: v.absolute(base_url) if isinstance(v, SessionUrl) else v for k, v in info.items()}
+    return out
+
+
 def session_object(runtime: Runtime, principal: Principal, base_url: str) -> dict[str, Any]:
     """The Session for a principal, with every URL absolute under base_url (no trailing slash)."""
     registry = runtime.registry
     config = runtime.config
-    capabilities = {urn: cap.session_info(config) if cap.session_info else {}
-                    for urn, cap in registry.capabilities.items()}
+    capabilities = _capabilities(runtime, base_url)
     accounts = {}
     primary: dict[str, str] = {}
     for access in principal.accounts.values():
@@ -48,9 +69,7 @@ def session_state(runtime: Runtime, principal: Principal) -> str:
     """Changes when the principal's accounts or rights change, or the server's capabilities do."""
     digest = runtime.extra.get("session_digest")
     if digest is None:
-        registry = runtime.registry
-        described = {urn: cap.session_info(runtime.config) if cap.session_info else {}
-                     for urn, cap in registry.capabilities.items()}
+        described = _capabilities(runtime, "")
         digest = runtime.extra["session_digest"] = hashlib.sha256(
             orjson.dumps(described, option=orjson.OPT_SORT_KEYS)).hexdigest()
     return hashlib.sha256(f"{digest}:{principal.access_digest}".encode()).hexdigest()[:16]

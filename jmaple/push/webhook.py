@@ -48,6 +48,7 @@ VAPID_FILE = "vapid.pem"           # in the data directory
 ENGINE = "webhooks"                # runtime.extra key of the running WebhookDelivery
 VAPID = "vapid"                    # runtime.extra key of the VapidKey
 SWEEP_INTERVAL = 300.0             # seconds between clean-ups of expired subscriptions
+STOP_TIMEOUT = 10.0                # seconds the intake and recorder get to finish when stopping
 MAX_RETRY_AFTER = 86400.0          # a Retry-After beyond this is taken as this
 MAX_URL_LENGTH = 2048
 MAX_PAYLOAD = webpush.MAX_PAYLOAD_SIZE   # one RFC 8291 record; plain JSON bodies keep the same bound
@@ -332,6 +333,7 @@ class WebhookDelivery:
         # Outcomes of attempts wait here to be written together, one transaction for many.
         self._outbox: list[tuple[Callable[[Transaction], Awaitable[None]], asyncio.Future[None]]] = []
         self._outbox_ready = asyncio.Event()
+        self._stopped = asyncio.Event()
         self._seq = 0              # the global commit sequence at the last intake: StateChange.pushState
         self._running = False
 
@@ -356,22 +358,30 @@ class WebhookDelivery:
 
     async def __aexit__(self, *exc: object) -> None:
         self._running = False
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        try:
-            await self._flush()   # what arrived but was not yet written: the next start sends it
-        except Exception:
-            log.exception("writing pending webhook deliveries at shutdown failed")
+        # Workers first: they never hold the database writer, so cancelling them is safe, and what they
+        # finished is already queued for the recorder.
         workers = list(self._workers.values())
         for task in workers:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
         self._workers.clear()
+        # The loops are not cancelled but told to stop: a cancellation landing inside a transaction can
+        # leave it open or come back as another error. Each ends after its current pass; the intake then
+        # writes what arrived (the next start sends it) and the recorder the outcomes of POSTs already
+        # made (else a restart would repeat them).
+        self._stopped.set()
+        self._wake.set()
+        self._outbox_ready.set()
+        if self._tasks:
+            _, late = await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT)
+            for task in late:
+                task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         try:
-            await self._write_outbox()   # outcomes of POSTs already made: else a restart repeats them
+            await self._flush()
+            await self._write_outbox()
         except Exception:
-            log.exception("recording webhook outcomes at shutdown failed")
+            log.exception("writing pending webhook deliveries at shutdown failed")
         if self.runtime.extra.get(ENGINE) is self:
             del self.runtime.extra[ENGINE]
 
@@ -399,7 +409,7 @@ class WebhookDelivery:
         self._wake.set()
 
     async def _intake(self) -> None:
-        while True:
+        while self._running:
             await self._wake.wait()
             self._wake.clear()
             try:
@@ -447,8 +457,12 @@ class WebhookDelivery:
             self.kick(sub_id)
 
     async def _sweeper(self) -> None:
-        while True:
-            await asyncio.sleep(SWEEP_INTERVAL)
+        while self._running:
+            try:
+                await asyncio.wait_for(self._stopped.wait(), SWEEP_INTERVAL)
+                return
+            except TimeoutError:
+                pass
             try:
                 await self.sweep()
             except Exception:
@@ -475,7 +489,7 @@ class WebhookDelivery:
 
     async def _work(self, sub_id: str) -> None:
         try:
-            while True:
+            while self._running:
                 self._dirty.discard(sub_id)
                 async with self._semaphore:
                     async with self.db.read() as conn:
@@ -576,7 +590,7 @@ class WebhookDelivery:
         await asyncio.shield(future)
 
     async def _recorder(self) -> None:
-        while True:
+        while self._running:
             await self._outbox_ready.wait()
             self._outbox_ready.clear()
             try:

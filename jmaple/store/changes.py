@@ -120,6 +120,20 @@ async def states(conn: Conn, account_ids: Iterable[str]) -> dict[str, dict[str, 
     return out
 
 
+async def states_since(conn: Conn, account_ids: Iterable[str], seq: int) -> dict[str, dict[str, str]]:
+    """The {type: state} of each account's types whose state moved after global sequence `seq`."""
+    ids = list(account_ids)
+    out: dict[str, dict[str, str]] = {}
+    if not ids:
+        return out
+    rows = await conn.all(
+        f"SELECT account_id, type, modseq FROM type_states WHERE seq > ? AND account_id IN ({','.join('?' * len(ids))})",
+        (seq, *ids))
+    for account_id, type_name, modseq in rows:
+        out.setdefault(account_id, {})[type_name] = str(modseq)
+    return out
+
+
 async def since(conn: Conn, account_id: str, type_name: str, modseq: int, limit: int | None) -> list[Change]:
     """Objects changed after `modseq` in page_modseq order, at most `limit` of them.
 
