@@ -53,15 +53,15 @@ def run_jmaple(data_dir: str, port: int, ready: multiprocessing.Event) -> None:
 
     import notes
     from jmaple.app import make_app
+    from jmaple.cli import make_runner, setup_logging
     from jmaple.config import Config
 
     config = Config.from_dict({"server": {"data_dir": data_dir, "listen": f"127.0.0.1:{port}"}, **EXTRA})
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    setup_logging(config)   # exactly as `jmapled serve` logs, access log included
     app = make_app(config, capabilities=[notes.PLUGIN])
 
     async def main() -> None:
-        runner = web.AppRunner(app, access_log=logging.getLogger("aiohttp.access")
-                               if config.logging.access_log else None)
+        runner = make_runner(app, config)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
         ready.set()

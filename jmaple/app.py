@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
@@ -24,6 +25,7 @@ from jmaple.core.publisher import StatePublisher
 from jmaple.keys import (AUTH_HEADER, AUTHENTICATOR, CONFIG, DISPATCHER, EXTRA_PLUGINS, LIMITER, PRINCIPAL,
                          PUBLISHER, RUNTIME, SUPERVISOR, TICKETS)
 from jmaple.push.broker import PushBroker
+from jmaple.push.webhook import WEBHOOKS, WebhookDelivery, client_session, fanout_state_change
 from jmaple.store import changes
 from jmaple.store.blobs import BlobStore
 from jmaple.store.db import Database
@@ -79,6 +81,10 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
         app[PUBLISHER] = publisher
         app[AUTHENTICATOR] = Authenticator(runtime.db, config.auth)
         app[SUPERVISOR] = supervisor = StreamSupervisor(app[AUTHENTICATOR])
+        # Webhooks (PushSubscription): their own HTTP client, with the SSRF checks and our TLS trust.
+        http = await stack.enter_async_context(client_session(config.push))
+        app[WEBHOOKS] = await stack.enter_async_context(WebhookDelivery(runtime, http, config.push))
+        runtime.broker.add_on_publish(functools.partial(fanout_state_change, app, http))
         for plugin in runtime.registry.plugins:
             for service in plugin.services:
                 await stack.enter_async_context(service(runtime))

@@ -30,6 +30,7 @@ from typing import Any, NoReturn
 from aiohttp import web
 
 from jmaple import __version__, users
+from jmaple.api.http import AccessLogger
 from jmaple.app import DATABASE_FILE, make_app, open_runtime
 from jmaple.config import Config, ConfigError, parse_listen
 from jmaple.core.capability import BUILTIN_PLUGINS, ENTRY_POINT_GROUP, Command, Plugin, RegistryError
@@ -219,6 +220,13 @@ def _urls(addresses: list[Any], scheme: str) -> list[str]:
     return out
 
 
+def make_runner(app: web.Application, config: Config) -> web.AppRunner:
+    """The runner `serve` uses: our access log (paths without query strings) when [logging] access_log."""
+    access_log = logging.getLogger("aiohttp.access") if config.logging.access_log else None
+    return web.AppRunner(app, access_log=access_log, access_log_class=AccessLogger,
+                         shutdown_timeout=SHUTDOWN_GRACE)
+
+
 ReadyHook = Callable[[web.Application, list[str]], Awaitable[None]]
 
 
@@ -226,8 +234,7 @@ async def run_server(config: Config, plugins: Sequence[Plugin], ready: ReadyHook
     """Serve make_app(config) until SIGTERM or SIGINT, then shut down gracefully."""
     context = tls_context(config)
     app = make_app(config, capabilities=plugins)
-    access_log = logging.getLogger("aiohttp.access") if config.logging.access_log else None
-    runner = web.AppRunner(app, access_log=access_log, shutdown_timeout=SHUTDOWN_GRACE)
+    runner = make_runner(app, config)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
@@ -309,6 +316,14 @@ async def ensure_demo_user(runtime: Runtime) -> str | None:
         return None
 
 
+async def seed_dev_data(runtime: Runtime) -> None:
+    """Let each plugin fill the demo account (once per data directory: the plugin checks)."""
+    user = await users.find_user(runtime, DEV_LOGIN)
+    for plugin in runtime.registry.plugins:
+        if plugin.dev_seed is not None:
+            await plugin.dev_seed(runtime, user.account_id)
+
+
 def _dev_banner(config: Config, url: str, password: str | None, throwaway: bool) -> str:
     base_url = config.server.base_url.rstrip("/") or url
     curl = "curl"
@@ -339,11 +354,13 @@ def cmd_dev(args: argparse.Namespace, plugins: Sequence[Plugin]) -> int:
             base = Config.from_dict({"server": {"data_dir": temp_dir}, "storage": {"synchronous": "NORMAL"},
                                      "auth": {"scrypt_n": 1024}}, source="jmapled dev")
         origins = tuple(dict.fromkeys((*base.server.cors_origins, *DEV_ORIGINS)))
-        config = base.replace(server={"listen": listen, "cors_origins": origins}, dev=True, trace=args.trace)
+        config = base.replace(server={"listen": listen, "cors_origins": origins},
+                              push={"allow_private_targets": True}, dev=True, trace=args.trace)
         setup_logging(config)
 
         async def ready(app: web.Application, urls: list[str]) -> None:
             password = await ensure_demo_user(app[RUNTIME])
+            await seed_dev_data(app[RUNTIME])
             print(_dev_banner(config, urls[0], password, throwaway), flush=True)
 
         prepare_data_dir(config)

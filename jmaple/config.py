@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 import secrets
 import time
 import tomllib
@@ -141,6 +142,19 @@ class PushConfig:
     ping_min: int = 10
     ping_max: int = 600
     websocket_heartbeat: float = 30.0
+    # Webhooks (PushSubscription, RFC 8620 §7.2).
+    allow_private_targets: bool = False
+    extra_ca_file: str = ""
+    vapid_contact: str = "mailto:postmaster@localhost"
+    max_expiry_days: int = 7
+    max_per_user: int = 50
+    creations_per_hour: int = 30
+    concurrency: int = 64
+    timeout: float = 10.0
+    ttl: int = 86400
+    backoff_initial: float = 1.0
+    backoff_max: float = 3600.0
+    give_up_after: float = 86400.0
 
     def validate(self) -> None:
         _field("broker", lambda: _check(self.broker == "local", 'must be "local"'))
@@ -149,6 +163,25 @@ class PushConfig:
         _field("ping_max", lambda: _check(300 <= self.ping_max <= 86400, "must be between 300 and 86400 (seconds)"))
         _field("websocket_heartbeat", lambda: _check(
             5 <= self.websocket_heartbeat <= 600, "must be between 5 and 600 (seconds between WebSocket pings)"))
+        _field("extra_ca_file", lambda: _check(not self.extra_ca_file or Path(self.extra_ca_file).is_file(),
+                                               f"no such file: {self.extra_ca_file}"))
+        _field("vapid_contact", lambda: _check(
+            re.fullmatch(r"(mailto:[^@\s]+@[^@\s]+|https://[^\s]+)", self.vapid_contact) is not None,
+            "must be a mailto: address or an https:// URL"))
+        # RFC 8620 §7.2: the maximum expiry must be at least 48 hours.
+        _field("max_expiry_days", lambda: _check(2 <= self.max_expiry_days <= 366, "must be between 2 and 366"))
+        _field("max_per_user", lambda: _check(1 <= self.max_per_user <= 10_000, "must be between 1 and 10000"))
+        _field("creations_per_hour", lambda: _check(1 <= self.creations_per_hour <= 100_000,
+                                                    "must be between 1 and 100000"))
+        _field("concurrency", lambda: _check(1 <= self.concurrency <= 10_000, "must be between 1 and 10000"))
+        _field("timeout", lambda: _check(0 < self.timeout <= 300, "must be more than 0 and at most 300 seconds"))
+        _field("ttl", lambda: _check(0 <= self.ttl <= 2**31, "must be between 0 and 2147483648"))
+        _field("backoff_initial", lambda: _check(0 < self.backoff_initial <= 86400,
+                                                 "must be more than 0 and at most 86400"))
+        _field("backoff_max", lambda: _check(self.backoff_initial <= self.backoff_max <= 7 * 86400,
+                                             "must be at least backoff_initial and at most 604800"))
+        _field("give_up_after", lambda: _check(0 < self.give_up_after <= 30 * 86400,
+                                               "must be more than 0 and at most 2592000"))
 
 
 @dataclass(frozen=True)
@@ -242,16 +275,19 @@ class Config:
         return cls.from_dict(tables, source="<tests>", **overrides)
 
     def with_paths_under(self, directory: Path) -> Config:
-        """Relative file paths of [server] (data_dir, TLS files) taken relative to `directory`."""
+        """Relative file paths ([server] data_dir and TLS files, [push] extra_ca_file) taken relative to `directory`."""
         server = self.server
         changes = {}
         for key in ("data_dir", "tls_certificate", "tls_key"):
             value = getattr(server, key)
             if value and not Path(value).is_absolute():
                 changes[key] = str((directory / value).absolute())
-        if not changes:
+        push = self.push
+        if push.extra_ca_file and not Path(push.extra_ca_file).is_absolute():
+            push = dataclasses.replace(push, extra_ca_file=str((directory / push.extra_ca_file).absolute()))
+        if not changes and push is self.push:
             return self
-        return dataclasses.replace(self, server=dataclasses.replace(server, **changes))
+        return dataclasses.replace(self, server=dataclasses.replace(server, **changes), push=push)
 
     def replace(self, **sections: Any) -> Config:
         """A copy with whole sections or section keys replaced: `replace(server={"listen": ...})`."""

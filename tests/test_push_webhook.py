@@ -29,18 +29,18 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from conftest import CORE, NOTES, JmapClient, add_user, basic, share
 from jmaple.app import make_app
-from jmaple.config import Config
+from jmaple.config import Config, ConfigError, PushConfig
 from jmaple.core.capability import BUILTIN_PLUGINS, ENTRY_POINT_GROUP
 from jmaple.keys import RUNTIME
 from jmaple.push import webhook
 from jmaple.push.subscription import PLUGIN, VAPID_URN
-from jmaple.push.webhook import (WEBHOOKS, PublicResolver, TargetRefusedError, WebhookSettings, client_session,
+from jmaple.push.webhook import (WEBHOOKS, PublicResolver, TargetRefusedError, client_session,
                                  fanout_state_change, is_public_address, retry_after)
 from jmaple.store import push as push_store
 from notes import PLUGIN as NOTES_PLUGIN
 
 USING = [CORE, VAPID_URN, NOTES]
-# Fast retries for the tests; each test may override any key of [capabilities.push].
+# Fast retries for the tests; each test may override any key of [push].
 FAST = {"backoff_initial": 0.05, "backoff_max": 0.2, "give_up_after": 60.0}
 
 
@@ -176,10 +176,10 @@ def plugins() -> list[Any]:
 
 
 def push_config(data_dir: Any, **settings: Any) -> Config:
-    """A test Config with these webhook settings (in [capabilities.push] for now)."""
+    """A test Config with these [push] webhook settings."""
     clock = settings.pop("clock", None)
     extra = {"clock": clock} if clock is not None else {}
-    return Config.for_tests(data_dir=data_dir, capabilities={"push": settings}, **extra)
+    return Config.for_tests(data_dir=data_dir, push=settings, **extra)
 
 
 class Events:
@@ -563,7 +563,7 @@ async def test_a_name_resolving_to_loopback_is_refused_at_resolution():
 async def test_the_webhook_client_refuses_to_connect_to_loopback(receiver, ca_file, host):
     """The check is made on the address connected to: names through the resolver, IP literals (which aiohttp
     does not resolve) at the socket. The receiver on 127.0.0.1 must see nothing."""
-    settings = WebhookSettings(allow_private_targets=False, extra_ca_file=ca_file)
+    settings = PushConfig(allow_private_targets=False, extra_ca_file=ca_file)
     async with client_session(settings) as http:
         with pytest.raises(aiohttp.ClientConnectorError) as caught:
             await http.post(f"https://{host}:{receiver.server.port}/ssrf", data=b"{}")
@@ -573,7 +573,7 @@ async def test_the_webhook_client_refuses_to_connect_to_loopback(receiver, ca_fi
 
 
 async def test_with_private_targets_allowed_the_same_client_connects(receiver, ca_file):
-    settings = WebhookSettings(allow_private_targets=True, extra_ca_file=ca_file)
+    settings = PushConfig(allow_private_targets=True, extra_ca_file=ca_file)
     async with client_session(settings) as http:
         async with http.post(receiver.url("/ok"), data=b"{}") as resp:
             assert resp.status == 201
@@ -626,9 +626,9 @@ async def test_an_expired_subscription_gets_nothing_and_is_cleaned_up(start, rec
     ({"nope": 1}, "nope: unknown key"),
 ])
 def test_bad_settings_are_refused_naming_the_key(table, message):
-    with pytest.raises(ValueError) as caught:
-        WebhookSettings.from_table(table)
-    assert str(caught.value).startswith(message)
+    with pytest.raises(ConfigError) as caught:
+        Config.for_tests(data_dir="/tmp/unused", push=table)
+    assert f"[push] {message}" in str(caught.value)
 
 
 def test_retry_after_takes_seconds_or_an_http_date():

@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 CORE = "urn:ietf:params:jmap:core"
 ENTRY_POINT_GROUP = "jmaple.capabilities"
 # Used when the package is run from a checkout without being installed (the `jmapled` launcher).
-BUILTIN_PLUGINS = {"core": "jmaple.core.core:PLUGIN", "mail": "jmaple.mail:PLUGIN"}
+BUILTIN_PLUGINS = {"core": "jmaple.core.core:PLUGIN", "mail": "jmaple.mail:PLUGIN",
+                   "push": "jmaple.push.subscription:PLUGIN"}
 
 Handler = Callable[["MethodContext", dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -168,6 +169,7 @@ class Plugin:
     services: tuple[Callable[[Runtime], Any], ...] = ()   # each returns an async context manager
     commands: tuple[Command, ...] = ()
     checks: tuple[Callable[[Runtime], Awaitable[list[str]]], ...] = ()
+    dev_seed: Callable[[Runtime, str], Awaitable[Any]] | None = None   # `jmapled dev`: fill the demo account
 
 
 class RegistryError(Exception):
@@ -217,7 +219,7 @@ class Registry:
                 for name, method in cap.methods.items():
                     claim("method", name, plugin)
                     self.methods[name] = Method(method.handler, method.writes, method.account,
-                                                method.from_account, cap.urn)
+                                                method.from_account, method.capability or cap.urn)
             for name in plugin.push_types:
                 claim("type", name, plugin)
                 self.push_types[name] = plugin.capabilities[0].urn if plugin.capabilities else CORE

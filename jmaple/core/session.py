@@ -67,9 +67,14 @@ def session_object(runtime: Runtime, principal: Principal, base_url: str) -> dic
 
 def session_state(runtime: Runtime, principal: Principal) -> str:
     """Changes when the principal's accounts or rights change, or the server's capabilities do."""
+    cached = principal.__dict__.get("_session_state")
+    if cached is not None:
+        return cached
     digest = runtime.extra.get("session_digest")
     if digest is None:
         described = _capabilities(runtime, "")
         digest = runtime.extra["session_digest"] = hashlib.sha256(
             orjson.dumps(described, option=orjson.OPT_SORT_KEYS)).hexdigest()
-    return hashlib.sha256(f"{digest}:{principal.access_digest}".encode()).hexdigest()[:16]
+    state = hashlib.sha256(f"{digest}:{principal.access_digest}".encode()).hexdigest()[:16]
+    object.__setattr__(principal, "_session_state", state)   # principals are immutable and short-lived
+    return state

@@ -8,7 +8,7 @@ from typing import Any
 
 from jmaple.config import Config
 from jmaple.core.capability import Capability, Method, Plugin
-from jmaple.mail import mailbox
+from jmaple.mail import devdata, importer, mailbox
 from jmaple.store.accounts import Access
 
 MAIL = "urn:ietf:params:jmap:mail"
@@ -166,4 +166,6 @@ PLUGIN = Plugin(
     parse_config=MailConfig.from_toml,
     on_account_created=mailbox.create_defaults,
     checks=(mailbox.check,),
+    commands=(importer.command,),
+    dev_seed=devdata.seed,
 )

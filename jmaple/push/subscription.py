@@ -15,14 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from jmaple.config import Config
+from jmaple.config import PushConfig
 from jmaple.core.capability import CORE, Capability, Command, Method, Plugin
 from jmaple.core.context import MethodContext, Runtime
 from jmaple.core.errors import MethodError, SetFailure, invalid_arguments, invalid_properties
 from jmaple.core.methods import Args, check_count, is_date, is_id, unique_ids
 from jmaple.core.pointer import PointerError, apply_patch
 from jmaple.push import webpush
-from jmaple.push.webhook import (VAPID_FILE, WebhookSettings, check_target_url, engine_of, new_verification_code,
-                                 settings_of, webhook_service)
+from jmaple.push.webhook import (VAPID_FILE, check_target_url, engine_of, new_verification_code,
+                                 settings_of)
 from jmaple.store import push as store
 from jmaple.store.accounts import NotFound
 from jmaple.store.db import Transaction
@@ -89,7 +90,7 @@ async def push_subscription_get(ctx: MethodContext, args: dict[str, Any]) -> dic
     }
 
 
-def _expires(value: Any, now: float, settings: WebhookSettings) -> int:
+def _expires(value: Any, now: float, settings: PushConfig) -> int:
     """The expiry to use: the client's (a UTCDate in the future) or the server's maximum, whichever is sooner."""
     limit = int(now) + settings.max_expiry_days * 86400
     if value is None:
@@ -118,7 +119,7 @@ def _device_client_id(value: Any) -> str:
     return value
 
 
-def _url(value: Any, settings: WebhookSettings) -> str:
+def _url(value: Any, settings: PushConfig) -> str:
     check_target_url(value, allow_private=settings.allow_private_targets)   # ValueError says why
     return value
 
@@ -135,7 +136,7 @@ def _keys(value: Any) -> tuple[str | None, str | None]:
     return value["p256dh"], value["auth"]
 
 
-def _check_create(ctx: MethodContext, given: Any, settings: WebhookSettings, now: float) -> store.Subscription:
+def _check_create(ctx: MethodContext, given: Any, settings: PushConfig, now: float) -> store.Subscription:
     """A new subscription from a create, every property checked; raises SetFailure."""
     if not isinstance(given, dict):
         raise invalid_properties("the object to create must be a JSON object")
@@ -186,7 +187,7 @@ def _check_create(ctx: MethodContext, given: Any, settings: WebhookSettings, now
         created_at=int(now))
 
 
-def _check_update(sub: store.Subscription, patch: Any, settings: WebhookSettings,
+def _check_update(sub: store.Subscription, patch: Any, settings: PushConfig,
                   now: float) -> tuple[int, tuple[str, ...] | None, bool, dict[str, Any] | None]:
     """(expires, types, is_verified, what to report in updated) after a patch; raises SetFailure."""
     if not isinstance(patch, dict):
@@ -440,15 +441,12 @@ PLUGIN = Plugin(
             session_info=vapid_session_info,
             # Not an account capability: PushSubscription belongs to the credential (RFC 8620 §7.2).
             account_info=lambda config, access: None,
-            # RFC 8620 §7.2 makes these core methods: a client names only the core in `using`. The
-            # registry still files them under this plugin's URN until it honours Method.capability.
+            # RFC 8620 §7.2 makes these core methods: a client names only the core in `using`.
             methods={
                 "PushSubscription/get": Method(push_subscription_get, account=None, capability=CORE),
                 "PushSubscription/set": Method(push_subscription_set, writes=True, account=None, capability=CORE),
             },
         ),
     ),
-    parse_config=WebhookSettings.from_table,
-    services=(webhook_service,),
     commands=(PUSH_COMMAND,),
 )

@@ -34,6 +34,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
 from jmaple import __version__
+from jmaple.config import PushConfig
 from jmaple.core import push_state
 from jmaple.core.context import Runtime
 from jmaple.push import webpush
@@ -59,77 +60,9 @@ class TargetRefusedError(OSError):
     """The push URL's host is (or resolves to) an address that is not globally routable."""
 
 
-@dataclass(frozen=True)
-class WebhookSettings:
-    """Webhook delivery settings (for now [capabilities.push]; to move to [push])."""
-
-    allow_private_targets: bool = False
-    extra_ca_file: str = ""
-    vapid_contact: str = "mailto:postmaster@localhost"
-    max_expiry_days: int = 7
-    max_per_user: int = 50
-    creations_per_hour: int = 30
-    concurrency: int = 64
-    timeout: float = 10.0
-    ttl: int = 86400
-    backoff_initial: float = 1.0
-    backoff_max: float = 3600.0
-    give_up_after: float = 86400.0
-
-    @classmethod
-    def from_table(cls, table: Mapping[str, Any]) -> WebhookSettings:
-        """Settings from a TOML table; raises ValueError("key: reason") for an unknown key or a bad value."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        hints = typing.get_type_hints(cls)
-        values: dict[str, Any] = {}
-        for key, value in table.items():
-            if key not in fields:
-                raise ValueError(f"{key}: unknown key (known: {', '.join(sorted(fields))})")
-            hint = hints[key]
-            if hint is bool and not isinstance(value, bool):
-                raise ValueError(f"{key}: must be true or false, got {value!r}")
-            if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ValueError(f"{key}: must be an integer, got {value!r}")
-            if hint is float:
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise ValueError(f"{key}: must be a number, got {value!r}")
-                value = float(value)
-            if hint is str and not isinstance(value, str):
-                raise ValueError(f"{key}: must be a string, got {value!r}")
-            values[key] = value
-        settings = cls(**values)
-        settings.validate()
-        return settings
-
-    def validate(self) -> None:
-        """Raise ValueError("key: reason") for an impossible value."""
-        def check(ok: bool, key: str, reason: str) -> None:
-            if not ok:
-                raise ValueError(f"{key}: {reason}")
-
-        if self.extra_ca_file:
-            check(Path(self.extra_ca_file).is_file(), "extra_ca_file", f"no such file: {self.extra_ca_file}")
-        try:
-            webpush.validate_contact(self.vapid_contact)
-        except ValueError as exc:
-            raise ValueError(f"vapid_contact: {exc}") from None
-        # RFC 8620 §7.2: the maximum expiry must be at least 48 hours.
-        check(2 <= self.max_expiry_days <= 366, "max_expiry_days", "must be between 2 and 366")
-        check(1 <= self.max_per_user <= 10_000, "max_per_user", "must be between 1 and 10000")
-        check(1 <= self.creations_per_hour <= 100_000, "creations_per_hour", "must be between 1 and 100000")
-        check(1 <= self.concurrency <= 10_000, "concurrency", "must be between 1 and 10000")
-        check(0 < self.timeout <= 300, "timeout", "must be more than 0 and at most 300 seconds")
-        check(0 <= self.ttl <= webpush.MAX_TTL, "ttl", f"must be between 0 and {webpush.MAX_TTL}")
-        check(0 < self.backoff_initial <= 86400, "backoff_initial", "must be more than 0 and at most 86400")
-        check(self.backoff_initial <= self.backoff_max <= 7 * 86400, "backoff_max",
-              "must be at least backoff_initial and at most 604800")
-        check(0 < self.give_up_after <= 30 * 86400, "give_up_after", "must be more than 0 and at most 2592000")
-
-
-def settings_of(runtime: Runtime) -> WebhookSettings:
-    """The webhook settings of this runtime (the push plugin's parsed table)."""
-    found = runtime.registry.plugin_config.get("push")
-    return found if isinstance(found, WebhookSettings) else WebhookSettings()
+def settings_of(runtime: Runtime) -> Any:
+    """The webhook settings of this runtime: its [push] section."""
+    return runtime.config.push
 
 
 def engine_of(runtime: Runtime) -> WebhookDelivery | None:
@@ -246,7 +179,7 @@ def _public_socket(addr_info: tuple[Any, ...]) -> socket.socket:
     return socket.socket(family=family, type=type_, proto=proto)
 
 
-def ssl_context(settings: WebhookSettings) -> ssl.SSLContext:
+def ssl_context(settings: PushConfig) -> ssl.SSLContext:
     """The system trust store (SSL_CERT_FILE and SSL_CERT_DIR honoured), plus extra_ca_file if set."""
     context = ssl.create_default_context()
     if settings.extra_ca_file:
@@ -254,7 +187,7 @@ def ssl_context(settings: WebhookSettings) -> ssl.SSLContext:
     return context
 
 
-def client_session(settings: WebhookSettings) -> aiohttp.ClientSession:
+def client_session(settings: PushConfig) -> aiohttp.ClientSession:
     """The HTTP client for webhooks: guarded resolver and sockets, our TLS trust, no cookies, no proxy.
 
     Call it with the event loop running; close it (it is an async context manager) after the engine.
@@ -316,7 +249,7 @@ class WebhookDelivery:
     pending and starts the intake; leaving writes what is still in memory and stops every worker.
     """
 
-    def __init__(self, runtime: Runtime, http: aiohttp.ClientSession, settings: WebhookSettings | None = None):
+    def __init__(self, runtime: Runtime, http: aiohttp.ClientSession, settings: PushConfig | None = None):
         self.runtime = runtime
         self.db = runtime.db
         self.http = http
@@ -700,21 +633,6 @@ def fanout_state_change(app: Mapping[Any, Any], http: aiohttp.ClientSession, acc
     engine = app.get(WEBHOOKS)
     if engine is not None:
         engine.notify(account_id, type_states)
-
-
-@contextlib.asynccontextmanager
-async def webhook_service(runtime: Runtime) -> AsyncIterator[None]:
-    """The push plugin's service: an HTTP client and the engine, fed by the broker.
-
-    Does nothing when the engine already runs (lifespan wired it itself).
-    """
-    if ENGINE in runtime.extra:
-        yield
-        return
-    settings = settings_of(runtime)
-    async with client_session(settings) as http, WebhookDelivery(runtime, http, settings) as engine:
-        runtime.broker.add_on_publish(engine.notify)
-        yield
 
 
 def new_verification_code() -> str:

@@ -124,11 +124,15 @@ class Database:
 
     async def _connection(self, *, readonly: bool) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None, timeout=self.storage.busy_timeout)
-        await conn.execute(f"PRAGMA busy_timeout = {int(self.storage.busy_timeout * 1000)}")
-        await conn.execute("PRAGMA foreign_keys = ON")
-        await conn.execute(f"PRAGMA synchronous = {self.storage.synchronous}")
-        if readonly:
-            await conn.execute("PRAGMA query_only = ON")
+        try:
+            await conn.execute(f"PRAGMA busy_timeout = {int(self.storage.busy_timeout * 1000)}")
+            await conn.execute("PRAGMA foreign_keys = ON")
+            await conn.execute(f"PRAGMA synchronous = {self.storage.synchronous}")
+            if readonly:
+                await conn.execute("PRAGMA query_only = ON")
+        except BaseException:
+            await conn.close()   # its thread would otherwise keep the process alive
+            raise
         return conn
 
     async def _connect(self) -> None:
@@ -170,21 +174,23 @@ class Database:
         async with self._write_lock:
             tx = Transaction(self._writer, self.clock())
             try:
-                await self._writer.execute("BEGIN IMMEDIATE")
+                await self._statement("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
                 if _is_busy(exc):
                     raise Busy(str(exc)) from exc
                 raise
+            except BaseException:
+                await self._rollback()
+                raise
             try:
                 yield tx
             except BaseException:
-                await self._writer.execute("ROLLBACK")
+                await self._rollback()
                 raise
             try:
-                await self._writer.execute("COMMIT")
+                await self._statement("COMMIT")
             except BaseException:
-                if self._writer.in_transaction:
-                    await self._writer.execute("ROLLBACK")
+                await self._rollback()
                 raise
             # Still under the lock: the next writer sees the callbacks' effects (e.g. unlinked files).
             for callback in tx._after_commit:
@@ -192,6 +198,23 @@ class Database:
                     callback()
                 except Exception:
                     log.exception("after-commit callback failed")
+
+    async def _statement(self, sql: str) -> None:
+        """Run BEGIN/COMMIT/ROLLBACK to completion even if the caller is cancelled meanwhile: a cancelled
+        await would otherwise leave the shared writer connection inside a transaction."""
+        assert self._writer is not None
+        task = asyncio.ensure_future(self._writer.execute(sql))
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await task
+            raise
+
+    async def _rollback(self) -> None:
+        assert self._writer is not None
+        if self._writer.in_transaction:
+            await self._statement("ROLLBACK")
 
     async def data_version(self) -> int:
         """PRAGMA data_version of one reader: it moves whenever any other connection commits."""
