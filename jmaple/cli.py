@@ -321,7 +321,11 @@ async def seed_dev_data(runtime: Runtime) -> None:
     user = await users.find_user(runtime, DEV_LOGIN)
     for plugin in runtime.registry.plugins:
         if plugin.dev_seed is not None:
-            await plugin.dev_seed(runtime, user.account_id)
+            try:
+                await plugin.dev_seed(runtime, user.account_id)
+            except Exception:
+                # A demo without its sample data is still worth serving.
+                log.exception("plugin %s could not add its demo data", plugin.name)
 
 
 def _dev_banner(config: Config, url: str, password: str | None, throwaway: bool) -> str:

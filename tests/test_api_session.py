@@ -17,8 +17,9 @@ from notes import PLUGIN as NOTES_PLUGIN
 
 @pytest.fixture
 def config(tmp_path) -> Config:
-    """Without the Mail plugin, so the whole Session can be compared: just core and the test capability."""
-    return Config.for_tests(data_dir=tmp_path / "data", capabilities={"mail": {"enabled": False}})
+    """Without the Mail and push plugins, so the whole Session can be compared: core and the test capability."""
+    return Config.for_tests(data_dir=tmp_path / "data",
+                            capabilities={"mail": {"enabled": False}, "push": {"enabled": False}})
 
 ID = re.compile(r"[A-Za-z0-9_-]{1,255}")
 

@@ -484,8 +484,6 @@ async def test_odd_creation_ids_and_destroy_ids_are_reported_one_by_one(start, r
     assert result["notDestroyed"] == {"#unknown": {"type": "notFound"}, "missing": {"type": "notFound"}}
 
 
-@pytest.mark.xfail(reason="the registry files the methods under the plugin's URN until it honours "
-                          "Method.capability", strict=False)
 async def test_push_subscription_methods_need_only_the_core_in_using(start):
     """RFC 8620 §7.2: PushSubscription is part of the core capability."""
     client = await start()

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import contextlib
 import logging
+import os
 import re
+import sys
+import time as _time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -173,12 +178,48 @@ def _cors_headers(response: web.StreamResponse, origin: str | None) -> None:
 
 
 class AccessLogger(AbstractAccessLogger):
-    """One short line per request. The path is logged without its query string, so a ?ticket= never
-    reaches a log; nor do credentials, which live only in headers."""
+    """One short line per request on stderr, written in batches.
+
+    The path is logged without its query string, so a ?ticket= never reaches a log; credentials live
+    only in headers, which are not logged. Lines are buffered and written at most every
+    FLUSH_SECONDS (or every FLUSH_LINES lines): Python's logging costs a record, a format and a write
+    per request, a quarter of a small request's whole cost.
+    """
+
+    FLUSH_SECONDS = 0.5
+    FLUSH_LINES = 256
+
+    def __init__(self, logger: logging.Logger, log_format: str) -> None:
+        super().__init__(logger, log_format)
+        self._lines: list[str] = []
+        self._scheduled = False
+        self._second = -1
+        self._stamp = ""
+        # Under systemd the journal stamps each line itself.
+        self._timestamps = not os.environ.get("JOURNAL_STREAM")
+        atexit.register(self.flush)
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        self.logger.info("%s %s %s %s %s %.1fms", request.remote, request.method, request.path,
-                         response.status, response.body_length, time * 1000)
+        if self._timestamps:
+            now = int(_time.time())
+            if now != self._second:
+                self._second = now
+                self._stamp = _time.strftime("%Y-%m-%d %H:%M:%S ", _time.localtime(now))
+        self._lines.append(f"{self._stamp}access {request.remote} {request.method} {request.path} "
+                           f"{response.status} {response.body_length} {time * 1000:.1f}ms\n")
+        if len(self._lines) >= self.FLUSH_LINES:
+            self.flush()
+        elif not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_later(self.FLUSH_SECONDS, self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if self._lines:
+            lines, self._lines = self._lines, []
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.write("".join(lines))
+                sys.stderr.flush()
 
     @property
     def enabled(self) -> bool:

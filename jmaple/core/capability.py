@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata
 import logging
@@ -37,6 +38,7 @@ class Method:
     account: str | None = "accountId"    # the argument naming the account, None when there is none
     from_account: str | None = None      # /copy: the argument naming the account read from
     capability: str = ""                 # filled in by the registry
+    uses_db: bool = True                 # False: no connection is taken for it (Core/echo)
 
 
 class Missing:
@@ -218,8 +220,7 @@ class Registry:
                             self.methods[name] = standard.method_for(data_type, verb, cap.urn)
                 for name, method in cap.methods.items():
                     claim("method", name, plugin)
-                    self.methods[name] = Method(method.handler, method.writes, method.account,
-                                                method.from_account, method.capability or cap.urn)
+                    self.methods[name] = dataclasses.replace(method, capability=method.capability or cap.urn)
             for name in plugin.push_types:
                 claim("type", name, plugin)
                 self.push_types[name] = plugin.capabilities[0].urn if plugin.capabilities else CORE

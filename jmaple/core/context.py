@@ -73,7 +73,7 @@ class MethodContext:
     runtime: Runtime
     principal: Principal
     account_id: str
-    conn: Conn
+    conn: Conn                    # None for a method declared uses_db=False
     created_ids: dict[str, str]
     call_id: str
     method: str

@@ -80,7 +80,7 @@ PLUGIN = Plugin(
             CORE,
             session_info=core_session_info,
             methods={
-                "Core/echo": Method(core_echo, account=None),
+                "Core/echo": Method(core_echo, account=None, uses_db=False),
                 "Blob/copy": Method(blob_copy, writes=True, from_account="fromAccountId"),
             },
         ),

@@ -176,6 +176,9 @@ class Dispatcher:
                     ctx = MethodContext(self.runtime, principal, account_id, tx, created, call_id, name)
                     result = await method.handler(ctx, args)
                     changed = tx.changed
+            elif not method.uses_db:
+                ctx = MethodContext(self.runtime, principal, account_id, None, created, call_id, name)
+                result = await method.handler(ctx, args)
             else:
                 async with db.read() as conn:
                     ctx = MethodContext(self.runtime, principal, account_id, conn, created, call_id, name)

@@ -255,7 +255,10 @@ def mbox_sources(path: Path, folder: tuple[str, ...]) -> Iterator[Source]:
 
 async def create_mailbox(tx: Transaction, runtime: Runtime, account_id: str, name: str, parent_id: str | None,
                          role: str | None, sort_order: int = 0) -> str:
-    """Create one mailbox (subscribed for the account's owner) and log it; returns its id. Inside a write transaction."""
+    """Create one mailbox, subscribed for the account's owner, and log it; returns its id.
+
+    Runs inside a write transaction; the caller has checked the name and that the role is free.
+    """
     mailbox_id = mailbox.MAILBOX.id_prefix + runtime.config.new_id()
     await storage.insert_mailboxes(tx, account_id, [(mailbox_id, name, parent_id, role, sort_order)])
     owner = await storage.account_owner(tx, account_id)
@@ -353,7 +356,7 @@ class Progress:
             width = 30
             filled = width * self.done // self.total if self.total else width
             bar = "#" * filled + "-" * (width - filled)
-            return f"\r[{bar}] {self.done}/{self.total}{percent} {rate:.0f} msg/s"
+            return f"\r[{bar}] {self.done}/{self.total}{percent} {rate:.0f} msg/s\x1b[K"
         return f"{self.done}/{self.total}{percent} {rate:.0f} msg/s\n"
 
     def advance(self, count: int) -> None:
@@ -518,7 +521,11 @@ async def run(args: argparse.Namespace, runtime: Runtime) -> int:
 
     user = await users.find_user(runtime, args.user)
     mailbox_path = tuple(p for p in args.mailbox.split("/") if p) if args.mailbox else None
-    report = await run_import(runtime, user.account_id, args.path, mailbox_path=mailbox_path)
+    try:
+        report = await run_import(runtime, user.account_id, args.path, mailbox_path=mailbox_path)
+    except ValueError as exc:
+        print(f"jmapled import: error: {exc}", file=sys.stderr)
+        return 1
     print(report.summary(), flush=True)
     return 1 if report.failed else 0
 
