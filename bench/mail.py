@@ -162,6 +162,27 @@ async def prepare(data_dir: str) -> str:
     return user.account_id
 
 
+async def measure_in_process(data_dir: str, messages: list[bytes], batch: int = 50) -> float:
+    """import_messages called directly, in batches of one write transaction: the cost without HTTP."""
+    from jmaple.app import open_runtime
+    from jmaple.config import Config
+    from jmaple.mail import storage
+    from jmaple.mail.email import ImportItem, import_messages
+    from jmaple.users import create_user
+
+    config = Config.from_dict({"server": {"data_dir": data_dir}})
+    async with open_runtime(config) as runtime:
+        user = await create_user(runtime, LOGIN, "Bench", PASSWORD)
+        async with runtime.db.read() as conn:
+            inbox = (await storage.mailbox_ids_by_role(conn, user.account_id))["inbox"]
+        start = time.perf_counter()
+        for i in range(0, len(messages), batch):
+            async with runtime.db.write() as tx:
+                await import_messages(tx, runtime, user.account_id,
+                                      [ImportItem(raw, (inbox,)) for raw in messages[i:i + batch]])
+        return len(messages) / (time.perf_counter() - start)
+
+
 async def measure_http(port: int, account_id: str, messages: list[bytes], connections: int,
                        batch: int) -> tuple[float, list[str], dict[str, list[float]]]:
     import aiohttp
@@ -234,6 +255,8 @@ def main() -> None:
         bare_rates.append(len(messages) / (time.perf_counter() - start))
     bare = max(bare_rates)
     with tempfile.TemporaryDirectory() as data_dir:
+        direct = asyncio.run(measure_in_process(data_dir, messages))
+    with tempfile.TemporaryDirectory() as data_dir:
         account_id = asyncio.run(prepare(data_dir))
         port = free_port()
         ready = multiprocessing.Event()
@@ -253,6 +276,8 @@ def main() -> None:
     print(f"messages: {len(messages)}, {sizes[0] / 1000:.1f}-{sizes[-1] / 1000:.1f} KB, "
           f"median {statistics.median(sizes) / 1000:.1f} KB")
     print(f"bare stdlib parse      {bare:8.0f} messages/s (best of 3)")
+    print(f"import_messages direct {direct:8.0f} messages/s (in process, 50 per transaction)   "
+          f"ratio {direct / bare:5.1%}")
     print(f"Email/import via HTTP  {rate:8.0f} messages/s (upload + import, {args.connections} clients, "
           f"{args.batch} per call)   ratio {rate / bare:5.1%} (target >= 60%)")
     for label, times in latencies.items():

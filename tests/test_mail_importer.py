@@ -149,6 +149,8 @@ def test_mbox_splits_on_from_lines_and_unescapes():
 def test_mbox_without_a_from_line_is_one_message():
     assert list(split_mbox(io.BytesIO(b"Subject: lone\n\nbody\n"))) == [(1, b"Subject: lone\n\nbody\n", None)]
     assert list(split_mbox(io.BytesIO(b""))) == []
+    assert list(split_mbox(io.BytesIO(b"\n\nFrom a Tue Mar  3 10:00:00 2026\r\nSubject: x\r\n\r\nbody\r\n"))) == \
+        [(1, b"Subject: x\r\n\r\nbody\r\n", 1772532000.0)]
 
 
 def test_progress_writes_lines_when_not_a_terminal():

@@ -8,7 +8,7 @@ from typing import Any
 
 from jmaple.config import Config
 from jmaple.core.capability import Capability, Method, Plugin
-from jmaple.mail import devdata, importer, mailbox
+from jmaple.mail import devdata, email, importer, mailbox, thread
 from jmaple.store.accounts import Access
 
 MAIL = "urn:ietf:params:jmap:mail"
@@ -152,12 +152,15 @@ PLUGIN = Plugin(
             MAIL,
             account_info=mail_account_info,
             shareable=True,
-            data_types=(mailbox.MAILBOX,),
+            data_types=(mailbox.MAILBOX, thread.THREAD, email.EMAIL),
             methods={
                 "Mailbox/get": Method(mailbox.mailbox_get),
                 "Mailbox/set": Method(mailbox.mailbox_set, writes=True),
                 "Mailbox/query": Method(mailbox.mailbox_query),
                 "Mailbox/queryChanges": Method(mailbox.mailbox_query_changes),
+                "Thread/get": Method(thread.thread_get),
+                "Email/get": Method(email.email_get),
+                "Email/import": Method(email.email_import, writes=True),
             },
         ),
     ),

@@ -10,12 +10,16 @@ from typing import Any
 
 import orjson
 
+from jmaple.core.capability import DataType, Property
 from jmaple.core.context import MethodContext, Runtime
 from jmaple.core.errors import MethodError, SetError, invalid_arguments
 from jmaple.core.methods import Args, check_count, is_id, state_int
 from jmaple.mail import mailbox as mailbox_module
 from jmaple.mail import mime, storage
-from jmaple.mail.headers import as_addresses, as_message_ids, as_text, base_subject, parse_date
+from jmaple.mail.headers import (
+    as_addresses, as_message_ids, as_text, base_subject, convenience_properties, header_property, headers_json,
+    parse_date, parse_header_property,
+)
 from jmaple.store import changes
 from jmaple.store.db import Transaction
 
@@ -219,3 +223,279 @@ def parse_utc_date(value: Any) -> float | None:
     except ValueError:
         return None
     return when.timestamp()
+
+
+# --- Email/import (RFC 8621 §4.8) -----------------------------------------------------------------------------
+
+_IMPORT_KEYS = frozenset({"blobId", "mailboxIds", "keywords", "receivedAt"})
+
+
+def _id_set(ctx: MethodContext, value: Any, name: str) -> list[str]:
+    """An Id[Boolean] map whose values are all true, creation ids resolved; SetFailure-free: ValueError."""
+    if not isinstance(value, dict):
+        raise ValueError(name)
+    out = []
+    for key, flag in value.items():
+        if flag is not True or not isinstance(key, str):
+            raise ValueError(name)
+        resolved = ctx.resolve_id(key)
+        if resolved is None or not is_id(resolved):
+            raise ValueError(name)
+        out.append(resolved)
+    return out
+
+
+def _keyword_set(value: Any) -> list[str]:
+    if not isinstance(value, dict):
+        raise ValueError("keywords")
+    out = []
+    for key, flag in value.items():
+        word = keyword(key)
+        if flag is not True or word is None:
+            raise ValueError("keywords")
+        out.append(word)
+    return list(dict.fromkeys(out))
+
+
+async def email_import(ctx: MethodContext, args: dict[str, Any]) -> dict[str, Any]:
+    """Email/import (RFC 8621 §4.8): add messages from uploaded blobs, with mailboxes, keywords, receivedAt."""
+    a = Args(args, ("accountId", "ifInState", "emails"))
+    if_in_state = a.string("ifInState")
+    emails = a.object("emails", nullable=False) or {}
+    check_count(ctx, len(emails), ctx.config.limits.max_objects_in_set, "emails to import")
+    ctx.require_write(ctx.account_id)
+    old_state = await changes.state(ctx.conn, ctx.account_id, "Email")
+    if if_in_state is not None and if_in_state != old_state:
+        raise MethodError("stateMismatch")
+    not_created: dict[str, Any] = {}
+    pending: list[tuple[str, ImportItem]] = []
+    blob_ids = {e.get("blobId") for e in emails.values() if isinstance(e, dict) and isinstance(e.get("blobId"), str)}
+    readable = await ctx.runtime.blobs.readable(ctx.conn, ctx.account_id, blob_ids, user_id=ctx.principal.user_id)
+    for cid, spec in emails.items():
+        if not isinstance(spec, dict):
+            not_created[cid] = SetError("invalidProperties", "an EmailImport must be an object").to_json()
+            continue
+        unknown = sorted(set(spec) - _IMPORT_KEYS)
+        if unknown:
+            not_created[cid] = SetError("invalidProperties", f"unknown property {unknown[0]!r}",
+                                        tuple(unknown)).to_json()
+            continue
+        blob_id = spec.get("blobId")
+        if not isinstance(blob_id, str) or blob_id not in readable:
+            not_created[cid] = SetError("invalidProperties", "no such blob", ("blobId",)).to_json()
+            continue
+        try:
+            boxes = _id_set(ctx, spec.get("mailboxIds"), "mailboxIds")
+            if not boxes:
+                raise ValueError("mailboxIds")
+            words = _keyword_set(spec.get("keywords", {}))
+        except ValueError as exc:
+            not_created[cid] = SetError("invalidProperties", f"{exc} is not valid", (str(exc),)).to_json()
+            continue
+        received = None
+        if "receivedAt" in spec:
+            received = parse_utc_date(spec["receivedAt"])
+            if received is None:
+                not_created[cid] = SetError("invalidProperties", "receivedAt must be a UTCDate",
+                                            ("receivedAt",)).to_json()
+                continue
+        try:
+            raw = await ctx.runtime.blobs.read(blob_id)
+        except FileNotFoundError:
+            not_created[cid] = SetError("invalidProperties", "no such blob", ("blobId",)).to_json()
+            continue
+        pending.append((cid, ImportItem(raw, tuple(boxes), tuple(words), received)))
+    results = await import_messages(ctx.conn, ctx.runtime, ctx.account_id,  # type: ignore[arg-type]
+                                    [item for _, item in pending])
+    created: dict[str, Any] = {}
+    for (cid, _), result in zip(pending, results):
+        if isinstance(result, SetError):
+            not_created[cid] = result.to_json()
+        else:
+            created[cid] = {"id": result.id, "blobId": result.blob_id, "threadId": result.thread_id,
+                            "size": result.size}
+            ctx.created_ids[cid] = result.id
+    new_state = await changes.state(ctx.conn, ctx.account_id, "Email")
+    return {"accountId": ctx.account_id, "oldState": old_state, "newState": new_state,
+            "created": created or None, "notCreated": not_created or None}
+
+
+# --- Email/get (RFC 8621 §4.2) --------------------------------------------------------------------------------
+
+METADATA = ("id", "blobId", "threadId", "mailboxIds", "keywords", "size", "receivedAt")
+CONVENIENCE = ("messageId", "inReplyTo", "references", "sender", "from", "to", "cc", "bcc", "replyTo",
+               "subject", "sentAt")
+BODY = ("bodyStructure", "bodyValues", "textBody", "htmlBody", "attachments", "hasAttachment", "preview")
+PROPERTIES = frozenset((*METADATA, "headers", *CONVENIENCE, *BODY))
+DEFAULT_PROPERTIES = (*METADATA, *CONVENIENCE, "hasAttachment", "preview", "bodyValues", "textBody", "htmlBody",
+                      "attachments")
+# What can be answered from columns alone, without reading `parsed`.
+_COLUMN_PROPERTIES = frozenset((*METADATA, "hasAttachment", "preview"))
+
+
+@dataclass(frozen=True)
+class GetArgs:
+    ids: list[str] | None
+    properties: tuple[str, ...]
+    body_properties: tuple[str, ...] | None
+    fetch_text: bool
+    fetch_html: bool
+    fetch_all: bool
+    max_bytes: int
+
+    @classmethod
+    def parse(cls, ctx: MethodContext, args: dict[str, Any]) -> GetArgs:
+        a = Args(args, ("accountId", "ids", "properties", "bodyProperties", "fetchTextBodyValues",
+                        "fetchHTMLBodyValues", "fetchAllBodyValues", "maxBodyValueBytes"))
+        ids = a.ids("ids", creation_refs=True)
+        properties = a.strings("properties")
+        if properties is None:
+            properties = list(DEFAULT_PROPERTIES)
+        for prop in properties:
+            if prop.startswith("header:"):
+                try:
+                    parse_header_property(prop)
+                except ValueError as exc:
+                    raise invalid_arguments(f"properties: {exc}") from None
+            elif prop not in PROPERTIES:
+                raise invalid_arguments(f"properties: unknown property {prop!r}")
+        body_properties = a.strings("bodyProperties")
+        if body_properties is not None:
+            try:
+                mime.check_body_properties(body_properties)
+            except ValueError as exc:
+                raise invalid_arguments(f"bodyProperties: {exc}") from None
+        max_bytes = a.int("maxBodyValueBytes", 0, minimum=0)
+        if "maxBodyValueBytes" in args and max_bytes == 0:
+            raise invalid_arguments("maxBodyValueBytes must be greater than 0")
+        return cls(ids, tuple(dict.fromkeys(["id", *properties])),
+                   None if body_properties is None else tuple(body_properties),
+                   a.boolean("fetchTextBodyValues"), a.boolean("fetchHTMLBodyValues"),
+                   a.boolean("fetchAllBodyValues"), max_bytes)
+
+
+def _blob_id_for(part_blobs: dict[str, str]) -> Any:
+    def blob_id_for(part: mime.Part) -> str:
+        return part_blobs.get(part.part_id or "", "")
+    return blob_id_for
+
+
+async def email_objects(ctx: MethodContext, ids: Sequence[str], g: GetArgs) -> dict[str, dict[str, Any]]:
+    """Email objects with the properties of `g` for those of `ids` that exist."""
+    need_parsed = any(p not in _COLUMN_PROPERTIES for p in g.properties)
+    rows = await storage.email_rows(ctx.conn, ctx.account_id, ids, parsed=need_parsed)
+    need_raw = "bodyValues" in g.properties and (g.fetch_text or g.fetch_html or g.fetch_all)
+    raws: dict[str, bytes] = {}
+    if need_raw and rows:
+        blob_ids = [r.blob_id for r in rows.values()]
+        datas = await asyncio.gather(*(ctx.runtime.blobs.read(b) for b in blob_ids), return_exceptions=True)
+        raws = {b: d for b, d in zip(blob_ids, datas) if isinstance(d, bytes)}
+    out: dict[str, dict[str, Any]] = {}
+    for email_id, row in rows.items():
+        message: mime.Message | None = None
+        part_blobs: dict[str, str] = {}
+        if row.parsed is not None:
+            stored = orjson.loads(row.parsed)
+            message = mime.Message.from_dict(stored["m"])
+            part_blobs = stored["b"]
+        blob_id_for = _blob_id_for(part_blobs)
+        headers = message.headers if message is not None else []
+        obj: dict[str, Any] = {}
+        convenience = None
+        for prop in g.properties:
+            if prop == "id":
+                obj[prop] = row.id
+            elif prop == "blobId":
+                obj[prop] = row.blob_id
+            elif prop == "threadId":
+                obj[prop] = row.thread_id
+            elif prop == "mailboxIds":
+                obj[prop] = dict.fromkeys(row.mailbox_ids, True)
+            elif prop == "keywords":
+                obj[prop] = dict.fromkeys(row.keywords, True)
+            elif prop == "size":
+                obj[prop] = row.size
+            elif prop == "receivedAt":
+                obj[prop] = utc_date(row.received_at)
+            elif prop == "hasAttachment":
+                obj[prop] = row.has_attachment
+            elif prop == "preview":
+                obj[prop] = row.preview
+            elif prop == "headers":
+                obj[prop] = headers_json(headers)
+            elif prop in CONVENIENCE:
+                if convenience is None:
+                    convenience = convenience_properties(headers, [p for p in g.properties if p in CONVENIENCE])
+                obj[prop] = convenience[prop]
+            elif prop.startswith("header:"):
+                obj[prop] = header_property(headers, prop)
+            elif message is None:
+                obj[prop] = None
+            elif prop == "bodyStructure":
+                obj[prop] = mime.body_structure(message, g.body_properties, blob_id_for)
+            elif prop == "textBody":
+                obj[prop] = mime.body_parts(message.text_body, g.body_properties, blob_id_for)
+            elif prop == "htmlBody":
+                obj[prop] = mime.body_parts(message.html_body, g.body_properties, blob_id_for)
+            elif prop == "attachments":
+                obj[prop] = mime.body_parts(message.attachments, g.body_properties, blob_id_for)
+            elif prop == "bodyValues":
+                raw = raws.get(row.blob_id)
+                obj[prop] = {} if raw is None else mime.body_values(
+                    raw, message, fetch_text=g.fetch_text, fetch_html=g.fetch_html, fetch_all=g.fetch_all,
+                    max_bytes=g.max_bytes)
+        out[email_id] = obj
+    return out
+
+
+async def email_get(ctx: MethodContext, args: dict[str, Any]) -> dict[str, Any]:
+    """Email/get (RFC 8621 §4.2): every §4.1 property, header forms, body parts and bodyValues."""
+    g = GetArgs.parse(ctx, args)
+    limit = ctx.config.limits.max_objects_in_get
+    state = await changes.state(ctx.conn, ctx.account_id, "Email")
+    if g.ids is None:
+        ids = await storage.query_email_ids(ctx.conn, ctx.account_id, None, ascending=True, collapse_threads=False)
+        check_count(ctx, len(ids), limit, "emails in the account (ids: null)")
+    else:
+        check_count(ctx, len(g.ids), limit, "ids")
+        ids = []
+        for value in g.ids:
+            resolved = ctx.resolve_id(value)
+            ids.append(resolved if resolved is not None else value)
+        ids = list(dict.fromkeys(ids))
+    found = await email_objects(ctx, ids, g)
+    return {"accountId": ctx.account_id, "state": state, "list": [found[i] for i in ids if i in found],
+            "notFound": [i for i in ids if i not in found] if g.ids is not None else []}
+
+
+class _ReadOnlyStore:
+    """Email and Thread are served by their own handlers; the generic /changes needs no store."""
+
+    async def get(self, conn: Any, account_id: str, ids: Sequence[str] | None) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    async def insert(self, tx: Any, account_id: str, objects: list[dict[str, Any]]) -> None:
+        raise NotImplementedError
+
+    async def update(self, tx: Any, account_id: str, objects: list[dict[str, Any]]) -> None:
+        raise NotImplementedError
+
+    async def delete(self, tx: Any, account_id: str, ids: list[str]) -> None:
+        raise NotImplementedError
+
+
+EMAIL = DataType(
+    name="Email",
+    id_prefix="E",
+    properties=(
+        Property("id", "Id", server_set=True, immutable=True),
+        Property("blobId", "Id", server_set=True, immutable=True),
+        Property("threadId", "Id", server_set=True, immutable=True),
+        Property("mailboxIds", "Id[Boolean]", references="Mailbox"),
+        Property("keywords", "String[Boolean]", default={}),
+        Property("size", "UnsignedInt", server_set=True, immutable=True),
+        Property("receivedAt", "UTCDate", immutable=True, sortable=True),
+    ),
+    store=_ReadOnlyStore(),
+    standard_methods=("changes",),   # Email/changes (§4.3) is the generic one
+)

@@ -213,7 +213,7 @@ def split_mbox(stream: IO[bytes]) -> Iterator[tuple[int, bytes, float | None]]:
     started = False
     for line in stream:
         if line.startswith(b"From "):
-            if started or lines:
+            if started or any(line.strip() for line in lines):
                 number += 1
                 yield number, _unescape(lines), date
             lines, date, started = [], _mbox_date(line), True

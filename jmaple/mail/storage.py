@@ -584,3 +584,80 @@ async def problems(conn: Conn) -> list[str]:
             " WHERE em.account_id = e.account_id AND em.email_id = e.id) ORDER BY 1, 2"):
         found.append(f"account {account_id}: email {email_id} is in no mailbox")
     return found
+
+
+# --- Email/get, Thread/get and Email/query (jmaple/mail/email.py, thread.py, query.py) ----------------------
+
+@dataclass(frozen=True)
+class EmailRow:
+    """One email as Email/get reads it; `parsed` is None unless asked for."""
+
+    id: str
+    blob_id: str
+    thread_id: str
+    size: int
+    received_at: int
+    has_attachment: bool
+    preview: str
+    mailbox_ids: tuple[str, ...]
+    keywords: tuple[str, ...]
+    parsed: bytes | None
+
+
+# Mailbox ids and keywords never hold a space (Id syntax, RFC 8621 §4.1.1), so group_concat with " " is safe.
+_EMAIL_ROWS = (
+    "SELECT e.id, e.blob_id, e.thread_id, e.size, e.received_at, e.has_attachment, e.preview,"
+    " (SELECT group_concat(m.mailbox_id, ' ') FROM email_mailboxes m WHERE m.account_id = e.account_id"
+    "  AND m.email_id = e.id),"
+    " (SELECT group_concat(k.keyword, ' ') FROM email_keywords k WHERE k.account_id = e.account_id"
+    "  AND k.email_id = e.id), NULL FROM emails e WHERE e.account_id = ? AND e.id IN ({marks})")
+_EMAIL_ROWS_PARSED = _EMAIL_ROWS.replace("NULL FROM emails", "e.parsed FROM emails")
+
+
+async def email_rows(conn: Conn, account_id: str, ids: Sequence[str], *, parsed: bool) -> dict[str, EmailRow]:
+    """Those of `ids` that are emails of the account, read in one statement per chunk."""
+    out: dict[str, EmailRow] = {}
+    sql = _EMAIL_ROWS_PARSED if parsed else _EMAIL_ROWS
+    for chunk in _chunks(list(dict.fromkeys(ids))):
+        for r in await conn.all(sql.format(marks=_marks(chunk)), (account_id, *chunk)):
+            out[r[0]] = EmailRow(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6],
+                                 tuple(r[7].split(" ")) if r[7] else (), tuple(r[8].split(" ")) if r[8] else (),
+                                 r[9])
+    return out
+
+
+async def email_blob_ids(conn: Conn, account_id: str, ids: Sequence[str]) -> dict[str, str]:
+    """Email id -> the blobId of its raw message, for those of `ids` that exist."""
+    out: dict[str, str] = {}
+    for chunk in _chunks(list(dict.fromkeys(ids))):
+        out.update(await conn.all(
+            f"SELECT id, blob_id FROM emails WHERE account_id = ? AND id IN ({_marks(chunk)})", (account_id, *chunk)))
+    return out
+
+
+async def query_email_ids(conn: Conn, account_id: str, mailbox_id: str | None, *, ascending: bool,
+                          collapse_threads: bool) -> list[str]:
+    """Email ids by receivedAt (ties by id), in one mailbox or the whole account, optionally one per thread
+    (the first of each thread in this order); each variant is one index scan."""
+    if mailbox_id is None:
+        if ascending:
+            rows = await conn.all("SELECT id, thread_id FROM emails WHERE account_id = ?"
+                                  " ORDER BY received_at, id", (account_id,))
+        else:
+            rows = await conn.all("SELECT id, thread_id FROM emails WHERE account_id = ?"
+                                  " ORDER BY received_at DESC, id DESC", (account_id,))
+    elif ascending:
+        rows = await conn.all("SELECT email_id, thread_id FROM email_mailboxes WHERE account_id = ? AND mailbox_id = ?"
+                              " ORDER BY received_at, email_id", (account_id, mailbox_id))
+    else:
+        rows = await conn.all("SELECT email_id, thread_id FROM email_mailboxes WHERE account_id = ? AND mailbox_id = ?"
+                              " ORDER BY received_at DESC, email_id DESC", (account_id, mailbox_id))
+    if not collapse_threads:
+        return [r[0] for r in rows]
+    seen: set[str] = set()
+    out = []
+    for email_id, thread_id in rows:
+        if thread_id not in seen:
+            seen.add(thread_id)
+            out.append(email_id)
+    return out
