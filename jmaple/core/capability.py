@@ -71,7 +71,7 @@ class Property:
 class Filter:
     """One FilterCondition property of a generic /query: the value's type and a predicate on the object."""
 
-    type: str
+    type: str                 # a Property type, optionally "X|null"
     matches: Callable[[dict[str, Any], Any], bool]
     immutable: bool = False   # filters only on immutable properties let /queryChanges honour upToId
 

@@ -661,8 +661,9 @@ def parse_filter(data_type: DataType, value: Any, depth: int = 0) -> Any:
         spec = data_type.filters.get(name)
         if spec is None:
             raise MethodError("unsupportedFilter", f"{data_type.name} cannot be filtered on {name!r}")
+        kind, nullable = (spec.type[:-5], True) if spec.type.endswith("|null") else (spec.type, False)
         try:
-            _check_type(Property(name, spec.type), arg, _NO_REFS)
+            _check_type(Property(name, kind, nullable=nullable), arg, _NO_REFS)
         except SetFailure:
             raise invalid_arguments(f"filter {name} must be of type {spec.type}") from None
     return value

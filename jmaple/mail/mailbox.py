@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 from jmaple.core.capability import DataType, Filter, Property
 from jmaple.core.context import MethodContext, Runtime
-from jmaple.core.errors import MethodError, SetFailure, invalid_arguments, invalid_properties
+from jmaple.core.errors import MethodError, SetFailure, invalid_properties
 from jmaple.core.methods import (
-    MAX_FILTER_DEPTH, Args, apply_set, check_count, filter_matches, is_id, parse_sort, sort_objects, state_int,
+    Args, apply_set, check_count, filter_matches, parse_filter, parse_sort, sort_objects, state_int,
     standard_get, window,
 )
 from jmaple.mail import storage
@@ -231,41 +231,6 @@ def _name_contains(obj: dict[str, Any], value: str) -> bool:
     return value.casefold() in obj["name"].casefold()
 
 
-_FILTER_TYPES: dict[str, tuple[str, Any]] = {
-    "parentId": ("Id|null", lambda v: v is None or is_id(v)),
-    "name": ("String", lambda v: isinstance(v, str)),
-    "role": ("String|null", lambda v: v is None or isinstance(v, str)),
-    "hasAnyRole": ("Boolean", lambda v: isinstance(v, bool)),
-    "isSubscribed": ("Boolean", lambda v: isinstance(v, bool)),
-}
-
-
-def parse_filter(value: Any, depth: int = 0) -> Any:
-    """A Mailbox FilterOperator/FilterCondition tree, checked, in the form filter_matches takes.
-
-    The generic parser knows no "X|null" types, and two of §2.3's conditions take null.
-    """
-    if value is None:
-        return None
-    if depth > MAX_FILTER_DEPTH:
-        raise MethodError("unsupportedFilter", f"filters nest at most {MAX_FILTER_DEPTH} deep")
-    if not isinstance(value, dict):
-        raise invalid_arguments("a filter must be a FilterOperator or FilterCondition object")
-    if "operator" in value:
-        if set(value) != {"operator", "conditions"}:
-            raise invalid_arguments("a FilterOperator has exactly operator and conditions")
-        if value["operator"] not in ("AND", "OR", "NOT"):
-            raise MethodError("unsupportedFilter", f"unknown operator {value['operator']!r}")
-        if not isinstance(value["conditions"], list):
-            raise invalid_arguments("conditions must be an array")
-        return (value["operator"], [parse_filter(c, depth + 1) for c in value["conditions"]])
-    for name, arg in value.items():
-        spec = _FILTER_TYPES.get(name)
-        if spec is None:
-            raise MethodError("unsupportedFilter", f"Mailbox cannot be filtered on {name!r}")
-        if not spec[1](arg):
-            raise invalid_arguments(f"filter {name} must be of type {spec[0]}")
-    return value
 
 
 MAILBOX = DataType(
@@ -388,7 +353,7 @@ class _MailboxQuery:
     """The arguments Mailbox/query and /queryChanges share (RFC 8621 §2.3), checked."""
 
     def __init__(self, data_type: DataType, a: Args):
-        self.filter = parse_filter(a.args.get("filter"))
+        self.filter = parse_filter(MAILBOX, a.args.get("filter"))
         self.sort = _effective_sort(parse_sort(data_type, a.args.get("sort")))
         self.calculate_total = a.boolean("calculateTotal")
         self.sort_as_tree = a.boolean("sortAsTree")

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 TypeStates = dict[str, str]
 Changed = dict[str, TypeStates]          # accountId -> {type: state}, the "changed" of a StateChange
-Hook = Callable[[str, TypeStates], "Awaitable[None] | None"]
+Hook = Callable[[str, TypeStates], Any]   # may return an awaitable, run as its own task
 
 
 def _newer(a: str, b: str) -> str:

@@ -10,8 +10,6 @@ few milliseconds of changes not yet written.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import email.utils
 import functools
 import ipaddress
@@ -20,11 +18,9 @@ import random
 import secrets
 import socket
 import ssl
-import typing
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
