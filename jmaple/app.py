@@ -25,7 +25,7 @@ from jmaple.core.publisher import StatePublisher
 from jmaple.keys import (AUTH_HEADER, AUTHENTICATOR, CONFIG, DISPATCHER, EXTRA_PLUGINS, LIMITER, PRINCIPAL,
                          PUBLISHER, RUNTIME, SUPERVISOR, TICKETS)
 from jmaple.push.broker import PushBroker
-from jmaple.push.webhook import WEBHOOKS, WebhookDelivery, client_session, fanout_state_change
+from jmaple.push.webhook import WEBHOOKS, Lock, WebhookDelivery, client_session, fanout_state_change
 from jmaple.store import changes
 from jmaple.store.blobs import BlobStore
 from jmaple.store.db import Database
@@ -40,6 +40,14 @@ TOMBSTONE_PRUNE_INTERVAL = 3600.0
 def make_broker(config: Config) -> contextlib.AbstractAsyncContextManager[PushBroker]:
     """The broker [push] broker names: the in-process one (a Redis one is the multi-process drop-in)."""
     return PushBroker()
+
+
+def _shared_lock(config: Config, broker: PushBroker) -> Lock | None:
+    """The lock the daemons sharing a Redis broker take around each webhook attempt; one daemon needs none."""
+    if config.push.broker == "local":
+        return None
+    from jmaple.push.redis import RedisPushBroker
+    return broker.lock if isinstance(broker, RedisPushBroker) else None
 
 
 @contextlib.asynccontextmanager

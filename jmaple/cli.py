@@ -117,26 +117,30 @@ def prepare_data_dir(config: Config) -> None:
 
 @contextlib.contextmanager
 def data_dir_lock(config: Config) -> Iterator[None]:
-    """Hold an exclusive lock on the data directory, so that a second daemon refuses to start on it.
+    """Hold a lock on the data directory, so that a second daemon refuses to start on it.
 
-    Raises CliError naming the process holding it. Only the in-process broker needs this: with a
-    shared broker (Redis) several daemons may serve one database.
+    Raises CliError naming the process holding it. With the in-process broker the lock is exclusive;
+    with a shared broker (Redis) several daemons may serve one database, so theirs is shared (and still
+    keeps out a daemon with the in-process broker, whose clients would miss their changes).
     """
-    if config.push.broker != "local":
-        yield
-        return
+    shared = config.push.broker != "local"
     path = config.data_dir / LOCK_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
             pid = f" (pid {holder})" if holder.isdigit() else ""
+            if shared:
+                raise CliError(f"data directory {config.data_dir} is in use by a jmapled{pid} with "
+                               f'[push] broker = "local"; stop it, or give it this Redis broker too') from None
             raise CliError(f"data directory {config.data_dir} is in use by another jmapled{pid}; stop it "
                            f"first, or give this one another data directory") from None
+        # Only a sole holder names itself; shared holders just clear a stale pid left by a former one.
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        if not shared:
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)

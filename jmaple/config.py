@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import ipaddress
 import re
 import secrets
@@ -157,7 +158,12 @@ class PushConfig:
     give_up_after: float = 86400.0
 
     def validate(self) -> None:
-        _field("broker", lambda: _check(self.broker == "local", 'must be "local"'))
+        _field("broker", lambda: _check(
+            self.broker == "local" or self.broker.startswith(("redis://", "rediss://", "unix://")),
+            'must be "local" or a redis://, rediss:// or unix:// URL'))
+        if self.broker != "local":
+            _field("broker", lambda: _check(importlib.util.find_spec("redis") is not None,
+                                            "a Redis broker needs the redis package: pip install 'jmaple[redis]'"))
         # RFC 8620 §7.3: clients ask for a ping interval; ours is clamped into [ping_min, ping_max].
         _field("ping_min", lambda: _check(1 <= self.ping_min <= 30, "must be between 1 and 30 (seconds)"))
         _field("ping_max", lambda: _check(300 <= self.ping_max <= 86400, "must be between 300 and 86400 (seconds)"))

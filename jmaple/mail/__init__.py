@@ -8,7 +8,7 @@ from typing import Any
 
 from jmaple.config import Config
 from jmaple.core.capability import Capability, Method, Plugin
-from jmaple.mail import devdata, email, importer, mailbox, thread
+from jmaple.mail import devdata, email, importer, mailbox, query, thread
 from jmaple.store.accounts import Access
 
 MAIL = "urn:ietf:params:jmap:mail"
@@ -161,6 +161,9 @@ PLUGIN = Plugin(
                 "Thread/get": Method(thread.thread_get),
                 "Email/get": Method(email.email_get),
                 "Email/import": Method(email.email_import, writes=True),
+                "Email/query": Method(query.email_query),
+                "Email/set": Method(email.email_set, writes=True),
+                "Email/queryChanges": Method(query.email_query_changes),
             },
         ),
     ),

@@ -499,3 +499,142 @@ EMAIL = DataType(
     store=_ReadOnlyStore(),
     standard_methods=("changes",),   # Email/changes (§4.3) is the generic one
 )
+
+
+# --- Email/set (RFC 8621 §4.6) ----------------------------------------------------------------------------------
+
+def _unescape(token: str) -> str:
+    """One JSON Pointer reference token (RFC 6901)."""
+    return token.replace("~1", "/").replace("~0", "~")
+
+
+class _Refused(Exception):
+    def __init__(self, error: SetError):
+        super().__init__(error.type)
+        self.error = error
+
+
+def _bad(description: str, *properties: str) -> _Refused:
+    return _Refused(SetError("invalidProperties", description, properties))
+
+
+def _apply_patch(ctx: MethodContext, patch: dict[str, Any], state: storage.EmailState) -> tuple[set[str], set[str]]:
+    """The new (mailbox ids, keywords) after an update's patch; raises _Refused."""
+    boxes, words = set(state.mailbox_ids), set(state.keywords)
+    whole = {k for k in patch if k in ("mailboxIds", "keywords")}
+    for path, value in patch.items():
+        if not isinstance(path, str):
+            raise _bad("bad patch path")
+        head, sep, rest = path.partition("/")
+        if head not in ("mailboxIds", "keywords"):
+            name = path if head in PROPERTIES or head.startswith("header:") else head
+            raise _bad(f"{name} cannot be changed (only mailboxIds and keywords can)", name)
+        if not sep:
+            try:
+                if head == "mailboxIds":
+                    boxes = set(_id_set(ctx, value, "mailboxIds"))
+                else:
+                    words = set(_keyword_set(value))
+            except ValueError:
+                raise _bad(f"{head} is not valid", head) from None
+            continue
+        if head in whole:
+            raise _Refused(SetError("invalidPatch", f"{path} patches {head}, which is also replaced whole"))
+        if "/" in rest:
+            raise _Refused(SetError("invalidPatch", f"{path}: no such path"))
+        key = _unescape(rest)
+        if value is not None and value is not True:
+            raise _bad(f"{path} must be true or null", head)
+        if head == "mailboxIds":
+            resolved = ctx.resolve_id(key)
+            if resolved is None or not is_id(resolved):
+                raise _bad(f"{key!r} is not a mailbox id", head)
+            (boxes.add if value else boxes.discard)(resolved)
+        else:
+            word = keyword(key)
+            if word is None:
+                raise _bad(f"{key!r} is not a valid keyword", head)
+            (words.add if value else words.discard)(word)
+    return boxes, words
+
+
+async def _update(ctx: MethodContext, update: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    settings = mailbox_module.settings(ctx.runtime)
+    ids = {key: ctx.resolve_id(key) or key for key in update}
+    states = await storage.email_states(ctx.conn, ctx.account_id, list(ids.values()))
+    new_boxes: dict[str, set[str]] = {}
+    new_words: dict[str, set[str]] = {}
+    updated: dict[str, Any] = {}
+    not_updated: dict[str, Any] = {}
+    for key, patch in update.items():
+        email_id = ids[key]
+        state = states.get(email_id)
+        if state is None:
+            not_updated[key] = {"type": "notFound"}
+            continue
+        try:
+            if not isinstance(patch, dict):
+                raise _Refused(SetError("invalidPatch", "a PatchObject must be an object"))
+            boxes, words = _apply_patch(ctx, patch, state)
+            if not boxes:
+                raise _bad("an Email must be in at least one mailbox", "mailboxIds")
+            if settings.max_mailboxes_per_email is not None and len(boxes) > settings.max_mailboxes_per_email:
+                raise _Refused(SetError("tooManyMailboxes", f"at most {settings.max_mailboxes_per_email}"))
+            if len(words) > MAX_KEYWORDS:
+                raise _Refused(SetError("tooManyKeywords", f"at most {MAX_KEYWORDS}"))
+            if boxes != state.mailbox_ids:
+                missing = boxes - await storage.existing_mailbox_ids(ctx.conn, ctx.account_id, boxes)
+                if missing:
+                    raise _bad("no such mailbox: " + ", ".join(sorted(missing)), "mailboxIds")
+        except _Refused as exc:
+            not_updated[key] = exc.error.to_json()
+            continue
+        new_boxes[email_id] = boxes
+        new_words[email_id] = words
+        updated[email_id] = None
+    await storage.update_emails(ctx.conn, ctx.account_id, mailbox_ids=new_boxes,  # type: ignore[arg-type]
+                                keywords=new_words)
+    return updated, not_updated
+
+
+async def _destroy(ctx: MethodContext, destroy: list[str]) -> tuple[list[str], dict[str, Any]]:
+    ids = {key: ctx.resolve_id(key) or key for key in destroy}
+    gone = set(await storage.destroy_emails(ctx.conn, ctx.account_id, list(ids.values())))  # type: ignore[arg-type]
+    await ctx.runtime.blobs.drop_refs(ctx.conn, ctx.account_id,  # type: ignore[arg-type]
+                                      [storage.email_blob_owner(i) for i in gone])
+    destroyed = [ids[k] for k in destroy if ids[k] in gone]
+    return list(dict.fromkeys(destroyed)), {k: {"type": "notFound"} for k in destroy if ids[k] not in gone}
+
+
+async def email_set(ctx: MethodContext, args: dict[str, Any]) -> dict[str, Any]:
+    """Email/set (RFC 8621 §4.6): create messages from JMAP properties, change mailboxIds and keywords, destroy."""
+    a = Args(args, ("accountId", "ifInState", "create", "update", "destroy"))
+    if_in_state = a.string("ifInState")
+    create = a.object("create") or {}
+    update = a.object("update") or {}
+    destroy = a.ids("destroy", creation_refs=True) or []
+    check_count(ctx, len(create) + len(update) + len(destroy), ctx.config.limits.max_objects_in_set,
+                "objects to create, update and destroy")
+    ctx.require_write(ctx.account_id)
+    old_state = await changes.state(ctx.conn, ctx.account_id, "Email")
+    if if_in_state is not None and if_in_state != old_state:
+        raise MethodError("stateMismatch")
+    created, not_created = await _create(ctx, create)
+    updated, not_updated = await _update(ctx, update)
+    destroyed, not_destroyed = await _destroy(ctx, destroy)
+    return {
+        "accountId": ctx.account_id,
+        "oldState": old_state,
+        "newState": await changes.state(ctx.conn, ctx.account_id, "Email"),
+        "created": created or None,
+        "updated": updated or None,
+        "destroyed": destroyed or None,
+        "notCreated": not_created or None,
+        "notUpdated": not_updated or None,
+        "notDestroyed": not_destroyed or None,
+    }
+
+
+async def _create(ctx: MethodContext, create: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    return {}, {cid: {"type": "forbidden", "description": "creating an Email is not supported yet"}
+                for cid in create}

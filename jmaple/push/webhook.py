@@ -10,6 +10,7 @@ few milliseconds of changes not yet written.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import functools
 import ipaddress
@@ -236,6 +237,7 @@ class Message:
 
 
 Listener = Callable[[str, str, str], None]       # (event, subscription id, detail)
+Lock = Callable[[str, float], contextlib.AbstractAsyncContextManager[None]]   # (name, seconds held at most)
 
 
 class WebhookDelivery:
@@ -245,8 +247,12 @@ class WebhookDelivery:
     pending and starts the intake; leaving writes what is still in memory and stops every worker.
     """
 
-    def __init__(self, runtime: Runtime, http: aiohttp.ClientSession, settings: PushConfig | None = None):
+    def __init__(self, runtime: Runtime, http: aiohttp.ClientSession, settings: PushConfig | None = None,
+                 lock: Lock | None = None):
         self.runtime = runtime
+        # Several daemons (the Redis broker) may each run a worker for one subscription: the lock, shared
+        # by all of them, makes each attempt read the pending rows the previous one left, never the same.
+        self._lock = lock
         self.db = runtime.db
         self.http = http
         self.settings = settings or settings_of(runtime)
@@ -420,7 +426,7 @@ class WebhookDelivery:
         try:
             while self._running:
                 self._dirty.discard(sub_id)
-                async with self._semaphore:
+                async with self._semaphore, self._exclusive(sub_id):
                     async with self.db.read() as conn:
                         job = await store.job(conn, sub_id)
                     wait = self._wait(job)
@@ -440,6 +446,12 @@ class WebhookDelivery:
         finally:
             if self._workers.get(sub_id) is asyncio.current_task():
                 del self._workers[sub_id]
+
+    def _exclusive(self, sub_id: str) -> contextlib.AbstractAsyncContextManager[None]:
+        if self._lock is None:
+            return contextlib.nullcontext()
+        # Held for one attempt: a POST (at most the timeout) and the commit of its outcome.
+        return self._lock(f"webhook:{sub_id}", self.settings.timeout + 30.0)
 
     def _wait(self, job: store.Job | None) -> float | None:
         """Seconds until the job is due (0.0: now), or None when there is nothing to do."""
