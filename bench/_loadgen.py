@@ -72,7 +72,8 @@ class Client(asyncio.Protocol):
             self.headers_at = now
             if not head.startswith(self.expect):
                 self.failed = head.split(b"\r\n", 1)[0].decode(errors="replace")
-            self.done.set_result(None)
+            if not self.done.done():   # cancelled when the open timed out
+                self.done.set_result(None)
             if rest:
                 self.body(rest, now)
             return
@@ -218,6 +219,9 @@ class Generator:
             pass
         self.clients.extend(new)
         ok = [c for c in new if c.headers_at is not None and not c.failed]
+        for c in new:
+            if not c.done.done():
+                c.done.cancel()
         errors = sorted({c.failed for c in new if c.failed})[:3]
         return {"ok": len(ok), "failed": n - len(ok), "errors": errors,
                 "last_headers": max((c.headers_at for c in ok), default=None)}
@@ -249,6 +253,8 @@ class Generator:
         return [c.events[0] if c.events else None for c in self.clients]
 
     def keep(self, n: int) -> int:
+        # Healthy clients (headers received, still open) are kept first.
+        self.clients.sort(key=lambda c: c.headers_at is None or bool(c.failed) or c.closed)
         for c in self.clients[n:]:
             c.close()
         del self.clients[n:]

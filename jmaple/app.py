@@ -38,8 +38,11 @@ TOMBSTONE_PRUNE_INTERVAL = 3600.0
 
 
 def make_broker(config: Config) -> contextlib.AbstractAsyncContextManager[PushBroker]:
-    """The broker [push] broker names: the in-process one (a Redis one is the multi-process drop-in)."""
-    return PushBroker()
+    """The broker [push] broker names: the in-process one, or Redis for several daemons on one database."""
+    if config.push.broker == "local":
+        return PushBroker()
+    from jmaple.push.redis import RedisPushBroker, namespace_for   # the redis package is an optional extra
+    return RedisPushBroker(config.push.broker, namespace_for(config.data_dir / DATABASE_FILE))
 
 
 def _shared_lock(config: Config, broker: PushBroker) -> Lock | None:

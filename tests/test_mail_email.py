@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from test_mail_import import imported, inbox, mail, message  # noqa: F401  (fixture)
+from test_mail_import import imported, mail, message  # noqa: F401  (fixture)
 from test_mail_mailbox import call, error
 
 MULTIPART = (
@@ -18,7 +18,8 @@ MULTIPART = (
     "--inner\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nPlain caf\xe9 text body.\r\n"
     "--inner\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>HTML <b>caf\xe9</b> body</p>\r\n"
     "--inner--\r\n"
-    "--outer\r\nContent-Type: application/pdf; name=\"r.pdf\"\r\nContent-Disposition: attachment; filename=\"r.pdf\"\r\n"
+    "--outer\r\nContent-Type: application/pdf; name=\"r.pdf\"\r\n"
+    "Content-Disposition: attachment; filename=\"r.pdf\"\r\n"
     "Content-Transfer-Encoding: base64\r\n\r\n" + base64.b64encode(b"%PDF-1.4 data").decode() + "\r\n"
     "--outer--\r\n").encode("utf-8")
 

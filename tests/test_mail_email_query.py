@@ -95,3 +95,19 @@ async def test_deep_filter_nesting_is_refused(mail):  # noqa: F811
 async def test_query_changes_cannot_calculate(mail):  # noqa: F811
     """RFC 8620 §5.6: a server may always answer cannotCalculateChanges."""
     assert (await error(mail, "Email/queryChanges", {"sinceQueryState": "0"}))["type"] == "cannotCalculateChanges"
+
+
+async def test_totals_come_from_the_maintained_counts_and_agree_with_the_ids(mail, four):  # noqa: F811
+    box = await inbox(mail)
+    for collapse in (False, True):
+        for box_filter in ({"inMailbox": box}, None):
+            args = {"filter": box_filter, "collapseThreads": collapse, "calculateTotal": True}
+            every = await call(mail, "Email/query", {**args, "position": -100})   # the general path
+            first = await call(mail, "Email/query", {**args, "limit": 2})
+            later = await call(mail, "Email/query", {**args, "position": 2})
+            assert first["total"] == later["total"] == every["total"] == len(every["ids"])
+            assert first["ids"] + later["ids"] == every["ids"]
+    beyond = await call(mail, "Email/query", {"filter": {"inMailbox": box}, "position": 50, "calculateTotal": True})
+    assert beyond["ids"] == [] and beyond["total"] == 4
+    empty = await call(mail, "Email/query", {"filter": {"inMailbox": "Mnope"}, "calculateTotal": True})
+    assert empty["ids"] == [] and empty["total"] == 0

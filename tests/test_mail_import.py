@@ -245,3 +245,38 @@ async def test_the_whole_hostile_corpus_imports(mail):
     runtime = mail.server.app[RUNTIME]
     async with runtime.db.read() as conn:
         assert await storage.recount(conn, mail.account_id) == await storage.stored_counts(conn, mail.account_id)
+
+
+# --- Email/parse (§4.9) ---------------------------------------------------------------------------------------
+
+async def test_parse_returns_an_email_without_storing_it(mail):
+    """RFC 8621 §4.9: id, mailboxIds, keywords, receivedAt and threadId are null; nothing is stored."""
+    raw = message("Parsed", "p@x")
+    blob = await mail.upload(raw, "message/rfc822")
+    junk = await mail.upload(b"no header at all", "text/plain")
+    result = await call(mail, "Email/parse", {"blobIds": [blob["blobId"], junk["blobId"], "Bnope"],
+                                              "properties": ["id", "blobId", "threadId", "mailboxIds", "keywords",
+                                                             "receivedAt", "size", "subject", "bodyValues",
+                                                             "textBody"],
+                                              "fetchTextBodyValues": True})
+    email = result["parsed"][blob["blobId"]]
+    assert email["id"] is None and email["threadId"] is None and email["mailboxIds"] is None
+    assert email["keywords"] is None and email["receivedAt"] is None
+    assert email["blobId"] == blob["blobId"] and email["size"] == len(raw) and email["subject"] == "Parsed"
+    assert email["bodyValues"][email["textBody"][0]["partId"]]["value"] == "Hi there.\n"
+    assert result["notParsable"] == [junk["blobId"]] and result["notFound"] == ["Bnope"]
+    assert (await call(mail, "Email/query", {}))["ids"] == []
+
+
+async def test_parse_default_properties(mail):
+    blob = await mail.upload(message(), "message/rfc822")
+    email = (await call(mail, "Email/parse", {"blobIds": [blob["blobId"]]}))["parsed"][blob["blobId"]]
+    assert set(email) == {"messageId", "inReplyTo", "references", "sender", "from", "to", "cc", "bcc", "replyTo",
+                          "subject", "sentAt", "hasAttachment", "preview", "bodyValues", "textBody", "htmlBody",
+                          "attachments"}
+
+
+@pytest.mark.parametrize("args", [{}, {"blobIds": None}, {"blobIds": "x"}, {"blobIds": [], "properties": ["x"]},
+                                  {"blobIds": [], "ids": []}])
+async def test_parse_rejects_bad_arguments(mail, args):
+    assert (await error(mail, "Email/parse", args))["type"] == "invalidArguments"

@@ -27,12 +27,6 @@ def no_ambient_config(monkeypatch):
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
 
 
-@pytest.fixture
-def needs_email():
-    """The CLI tests need Email/import's storage side (jmaple/mail/email.py)."""
-    pytest.importorskip("jmaple.mail.email")
-
-
 def message(subject: str, body: str = "Hello there.\n", message_id: str | None = None) -> bytes:
     mid = message_id or re.sub(r"\W", "", subject) + "@example.org"
     return (f"From: Bob <bob@example.org>\r\nTo: Ann <ann@example.org>\r\nSubject: {subject}\r\n"
@@ -187,7 +181,7 @@ def test_report_summary_names_every_failure():
                                 "  skipped a: empty\n  failed b: invalidEmail: no header")
 
 
-def test_import_maildir_builds_the_tree_with_roles_flags_and_trash(capsys, tmp_path, needs_email):
+def test_import_maildir_builds_the_tree_with_roles_flags_and_trash(capsys, tmp_path):
     data_dir = tmp_path / "data"
     add_user(capsys, data_dir)
     root = make_maildir(tmp_path / "Maildir")
@@ -210,14 +204,22 @@ def test_import_maildir_builds_the_tree_with_roles_flags_and_trash(capsys, tmp_p
     assert view["Trash"]["emails"] == [(1770000500, ["$seen"])]
     assert view["Lists/Work"]["emails"] == [(1770002000, []), (1770002100, ["$draft"])]
 
-    # A second import reuses every mailbox.
-    code, out, _ = run(capsys, "import", LOGIN, str(root / ".Lists.Work"), "--mailbox", "Lists/Work",
+    # Run again, the import skips what is in place; new files go into the same mailboxes.
+    put(root / ".Lists.Work", "cur", "3003.M3.host:2,S", message("Work later"), 1_770_002_200)
+    put(root / ".Lists.Work", "cur", "3004.M4.host:2,S", message("Work later"), 1_770_002_300)   # a copy
+    code, out, _ = run(capsys, "import", LOGIN, str(root), "--data-dir", str(data_dir))
+    assert code == 0 and out.startswith("imported 1, skipped 13 (12 already there), failed 0")
+    assert "0 mailboxes created" in out
+    assert await_view(data_dir)["Lists/Work"]["total"] == 3
+    # Into another mailbox, the same messages are new.
+    code, out, _ = run(capsys, "import", LOGIN, str(root / ".Lists.Work"), "--mailbox", "Lists/Old",
                        "--data-dir", str(data_dir))
-    assert code == 0 and out.startswith("imported 2, skipped 0, failed 0") and "0 mailboxes created" in out
-    assert await_view(data_dir)["Lists/Work"]["total"] == 4
+    assert code == 0 and out.startswith("imported 3, skipped 1 (1 already there), failed 0")
+    assert "1 mailbox created" in out
+    assert await_view(data_dir)["Lists/Old"]["total"] == 3
 
 
-def test_import_mbox_unescapes_and_reports_a_broken_message(capsys, tmp_path, needs_email):
+def test_import_mbox_unescapes_and_reports_a_broken_message(capsys, tmp_path):
     data_dir = tmp_path / "data"
     add_user(capsys, data_dir)
     mbox = tmp_path / "old.mbox"
@@ -234,7 +236,7 @@ def test_import_mbox_unescapes_and_reports_a_broken_message(capsys, tmp_path, ne
     assert view["Old mail"]["emails"] == [(1772532000, []), (1772623800, ["$seen"])]
 
 
-def test_import_of_a_missing_path_is_a_one_line_error(capsys, tmp_path, needs_email):
+def test_import_of_a_missing_path_is_a_one_line_error(capsys, tmp_path):
     data_dir = tmp_path / "data"
     add_user(capsys, data_dir)
     code, out, err = run(capsys, "import", LOGIN, str(tmp_path / "nope"), "--data-dir", str(data_dir))
@@ -249,7 +251,7 @@ def await_view(data_dir: Path) -> dict[str, Any]:
     return asyncio.run(account_view(data_dir))
 
 
-async def test_a_running_daemon_pushes_what_an_import_commits(aiohttp_client, tmp_path, needs_email):
+async def test_a_running_daemon_pushes_what_an_import_commits(aiohttp_client, tmp_path):
     """DESIGN: the import commits batch by batch from its own runtime; the daemon publishes each commit."""
     from jmaple.app import make_app
     from jmaple.keys import RUNTIME
@@ -267,3 +269,17 @@ async def test_a_running_daemon_pushes_what_an_import_commits(aiohttp_client, tm
         async with asyncio.timeout(5):
             while "Email" not in seen or "EmailDelivery" not in seen or "Mailbox" not in seen:
                 seen.update((await sub.next())[user.account_id])
+
+
+def test_a_folder_that_cannot_be_a_mailbox_fails_its_messages_only(capsys, tmp_path):
+    data_dir = tmp_path / "data"
+    add_user(capsys, data_dir)
+    root = tmp_path / "Maildir"
+    put(root, "cur", "1.M1.host:2,S", message("Fine"))
+    put(root / ".Bad\tName", "cur", "2.M2.host:2,S", message("Lost"))
+    put(root / ".Bad\tName", "cur", "3.M3.host:2,S", message("Lost too"))
+    code, out, _ = run(capsys, "import", LOGIN, str(root), "--data-dir", str(data_dir))
+    assert code == 1
+    assert out.startswith("imported 1, skipped 0, failed 2")
+    assert out.count("must not contain control characters") == 2
+    assert await_view(data_dir)["Inbox"]["total"] == 1

@@ -163,6 +163,8 @@ PLUGIN = Plugin(
                 "Email/import": Method(email.email_import, writes=True),
                 "Email/query": Method(query.email_query),
                 "Email/set": Method(email.email_set, writes=True),
+                "Email/parse": Method(email.email_parse),
+                "Email/copy": Method(email.email_copy, writes=True, from_account="fromAccountId"),
                 "Email/queryChanges": Method(query.email_query_changes),
             },
         ),

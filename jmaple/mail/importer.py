@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import email.utils
-import os
 import re
 import sys
 import time
@@ -16,7 +15,9 @@ from typing import IO, Any
 from jmaple.core.capability import Command
 from jmaple.core.context import Runtime
 from jmaple.mail import mailbox, storage
+from jmaple.mail.email import ImportItem, import_messages
 from jmaple.store import changes
+from jmaple.store.blobs import blob_id_of
 from jmaple.store.db import Transaction
 
 BATCH = 200   # messages per write transaction: a running daemon pushes each batch as it commits
@@ -378,13 +379,17 @@ class Report:
 
     imported: int = 0
     skipped: list[str] = field(default_factory=list)
+    already_there: int = 0     # the same octets are already an email in the target mailbox
     failed: list[str] = field(default_factory=list)
     mailboxes_created: int = 0
     seconds: float = 0.0
 
     def summary(self) -> str:
         rate = f" in {self.seconds:.1f} s ({self.imported / self.seconds:.0f}/s)" if self.seconds > 0 else ""
-        lines = [f"imported {self.imported}, skipped {len(self.skipped)}, failed {len(self.failed)}{rate}; "
+        skipped = f"skipped {len(self.skipped) + self.already_there}"
+        if self.already_there:
+            skipped += f" ({self.already_there} already there)"
+        lines = [f"imported {self.imported}, {skipped}, failed {len(self.failed)}{rate}; "
                  f"{self.mailboxes_created} mailbox{'es' if self.mailboxes_created != 1 else ''} created"]
         lines += [f"  skipped {s}" for s in self.skipped]
         lines += [f"  failed {f}" for f in self.failed]
@@ -416,9 +421,7 @@ async def import_sources(runtime: Runtime, account_id: str, sources: Sequence[So
 
 async def _import_batch(runtime: Runtime, account_id: str, boxes: MailboxMap, sources: list[Source],
                         report: Report, progress: Progress | None) -> None:
-    from jmaple.mail.email import ImportItem   # email.py imports the plugin's package
-
-    ready: list[tuple[Source, Any]] = []
+    ready: list[tuple[Source, bytes]] = []
     for source in sources:
         raw = source.raw
         if raw is None:
@@ -431,7 +434,7 @@ async def _import_batch(runtime: Runtime, account_id: str, boxes: MailboxMap, so
         ready.append((source, raw))
     if ready:
         try:
-            await _write(runtime, account_id, boxes, ready, report, ImportItem)
+            await _write(runtime, account_id, boxes, ready, report)
         except Exception as exc:
             if len(ready) == 1:
                 report.failed.append(f"{ready[0][0].where}: {type(exc).__name__}: {exc}")
@@ -440,7 +443,7 @@ async def _import_batch(runtime: Runtime, account_id: str, boxes: MailboxMap, so
                 # import one by one, so that only the culprit fails.
                 for one in ready:
                     try:
-                        await _write(runtime, account_id, boxes, [one], report, ImportItem)
+                        await _write(runtime, account_id, boxes, [one], report)
                     except Exception as exc:   # reported and skipped: the rest still imports
                         report.failed.append(f"{one[0].where}: {type(exc).__name__}: {exc}")
     if progress is not None:
@@ -448,23 +451,29 @@ async def _import_batch(runtime: Runtime, account_id: str, boxes: MailboxMap, so
 
 
 async def _write(runtime: Runtime, account_id: str, boxes: MailboxMap, ready: list[tuple[Source, bytes]],
-                 report: Report, item_type: Any) -> None:
-    from jmaple.mail.email import import_messages
-
+                 report: Report) -> None:
     snapshot = (dict(boxes.ids), list(boxes.created), dict(boxes.errors))
     failed: list[str] = []
-    imported = 0
+    imported = already_there = 0
+    # Email/import drops NUL octets before storing (RFC 5322 §2.1): hash what it will store.
+    blob_ids = [blob_id_of(raw.replace(b"\x00", b"")) for _, raw in ready]
     try:
         async with runtime.db.write() as tx:
+            # An import run again (after an interruption, say) skips what is already in place.
+            present = await storage.blob_mailboxes(tx, account_id, blob_ids)
             items, kept = [], []
-            for source, raw in ready:
+            for (source, raw), blob_id in zip(ready, blob_ids):
                 try:
                     target = await boxes.trash(tx) if source.to_trash else await boxes.resolve(tx, source.folder)
                 except ValueError as exc:
                     failed.append(f"{source.where}: {exc}")
                     continue
-                items.append(item_type(raw=raw, mailbox_ids=(target,), keywords=source.keywords,
-                                       received_at=source.received_at))
+                if target in present.get(blob_id, ()):
+                    already_there += 1
+                    continue
+                present.setdefault(blob_id, set()).add(target)
+                items.append(ImportItem(raw=raw, mailbox_ids=(target,), keywords=source.keywords,
+                                        received_at=source.received_at))
                 kept.append(source)
             results = await import_messages(tx, runtime, account_id, items) if items else []
             for source, result in zip(kept, results):
@@ -478,6 +487,7 @@ async def _write(runtime: Runtime, account_id: str, boxes: MailboxMap, ready: li
         raise
     # Counted only once committed: a rolled-back batch is retried message by message.
     report.imported += imported
+    report.already_there += already_there
     report.failed += failed
 
 

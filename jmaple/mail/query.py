@@ -99,6 +99,23 @@ async def email_query(ctx: MethodContext, args: dict[str, Any]) -> dict[str, Any
             if set(rest) <= state_of.mailbox_ids and not (collapse and state_of.thread_id in seen):
                 seen.add(state_of.thread_id)
                 ids.append(email_id)
+    elif anchor is None and position >= 0:
+        # The first view: one page straight from the index, the total from the maintained counts.
+        mailbox_id = next(iter(named), None)
+        if collapse:
+            ids = await storage.query_email_ids(ctx.conn, ctx.account_id, mailbox_id, ascending=ascending,
+                                                collapse_threads=True)
+            page = ids[position:position + limit]
+        else:
+            page = await storage.query_email_page(ctx.conn, ctx.account_id, mailbox_id, ascending=ascending,
+                                                  offset=position, limit=limit)
+        response = {"accountId": ctx.account_id, "queryState": state, "canCalculateChanges": False,
+                    "position": position, "ids": page}
+        if calculate_total:
+            response["total"] = await storage.query_total(ctx.conn, ctx.account_id, mailbox_id, threads=collapse)
+        if clamped:
+            response["limit"] = limit
+        return response
     else:
         ids = await storage.query_email_ids(ctx.conn, ctx.account_id, next(iter(named), None), ascending=ascending,
                                             collapse_threads=collapse)

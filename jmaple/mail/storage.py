@@ -661,3 +661,42 @@ async def query_email_ids(conn: Conn, account_id: str, mailbox_id: str | None, *
             seen.add(thread_id)
             out.append(email_id)
     return out
+
+
+async def blob_mailboxes(conn: Conn, account_id: str, blob_ids: Collection[str]) -> dict[str, set[str]]:
+    """Blob id -> the mailboxes holding an email stored as that blob, for those of `blob_ids` that are emails."""
+    out: dict[str, set[str]] = {}
+    for chunk in _chunks(list(dict.fromkeys(blob_ids))):
+        for blob_id, mailbox_id in await conn.all(
+                "SELECT e.blob_id, em.mailbox_id FROM emails e JOIN email_mailboxes em"
+                " ON em.account_id = e.account_id AND em.email_id = e.id"
+                f" WHERE e.account_id = ? AND e.blob_id IN ({_marks(chunk)})", (account_id, *chunk)):
+            out.setdefault(blob_id, set()).add(mailbox_id)
+    return out
+
+
+async def query_email_page(conn: Conn, account_id: str, mailbox_id: str | None, *, ascending: bool, offset: int,
+                           limit: int) -> list[str]:
+    """One page of query_email_ids without collapseThreads, read with LIMIT/OFFSET from the index."""
+    if mailbox_id is None:
+        sql = ("SELECT id FROM emails WHERE account_id = ? ORDER BY received_at, id LIMIT ? OFFSET ?" if ascending
+               else "SELECT id FROM emails WHERE account_id = ? ORDER BY received_at DESC, id DESC LIMIT ? OFFSET ?")
+        rows = await conn.all(sql, (account_id, limit, offset))
+    else:
+        sql = ("SELECT email_id FROM email_mailboxes WHERE account_id = ? AND mailbox_id = ?"
+               " ORDER BY received_at, email_id LIMIT ? OFFSET ?" if ascending else
+               "SELECT email_id FROM email_mailboxes WHERE account_id = ? AND mailbox_id = ?"
+               " ORDER BY received_at DESC, email_id DESC LIMIT ? OFFSET ?")
+        rows = await conn.all(sql, (account_id, mailbox_id, limit, offset))
+    return [r[0] for r in rows]
+
+
+async def query_total(conn: Conn, account_id: str, mailbox_id: str | None, *, threads: bool) -> int:
+    """How many emails (or threads) a mailbox or the whole account holds; the maintained counts for a mailbox."""
+    if mailbox_id is None:
+        sql = ("SELECT count(*) FROM threads WHERE account_id = ?" if threads
+               else "SELECT count(*) FROM emails WHERE account_id = ?")
+        return await conn.value(sql, (account_id,), 0)
+    sql = ("SELECT total_threads FROM mailboxes WHERE account_id = ? AND id = ?" if threads
+           else "SELECT total_emails FROM mailboxes WHERE account_id = ? AND id = ?")
+    return await conn.value(sql, (account_id, mailbox_id), 0)

@@ -30,15 +30,10 @@ from jmaple.push.broker import PushBroker, TypeStates
 
 log = logging.getLogger(__name__)
 
-SCHEMES = ("redis://", "rediss://", "unix://")
 CLAIM_TTL = 300                 # seconds a published state stays claimed: far longer than any poll delay
 RETRY_INITIAL = 0.2             # seconds before the listener's first reconnect attempt
 RETRY_MAX = 30.0
 COMMAND_TIMEOUT = 5.0           # seconds for one command, so a hung Redis cannot stall a publish for long
-
-
-def is_redis_url(value: str) -> bool:
-    return value.startswith(SCHEMES)
 
 
 def namespace_for(database: Path) -> str:
