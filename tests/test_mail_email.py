@@ -154,13 +154,3 @@ async def test_email_and_thread_changes(mail):  # noqa: F811
     thread_changes = await call(mail, "Thread/changes", {"sinceState": thread_state})
     assert thread_changes["created"] == [created["threadId"]]
     assert (await error(mail, "Email/changes", {"sinceState": "x"}))["type"] == "cannotCalculateChanges"
-
-
-@pytest.mark.parametrize("args", [{"ids": None}, {"ids": "x"}, {"ids": [], "properties": ["nope"]}])
-async def test_thread_get_rejects_bad_arguments(mail, args):  # noqa: F811
-    assert (await error(mail, "Thread/get", args))["type"] in ("invalidArguments", "requestTooLarge")
-
-
-async def test_thread_get_unknown_is_not_found(mail):  # noqa: F811
-    got = await call(mail, "Thread/get", {"ids": ["Tnope"]})
-    assert got["list"] == [] and got["notFound"] == ["Tnope"]

@@ -247,7 +247,7 @@ async def test_created_email_can_be_referenced_later_in_the_request(mail):  # no
     ({"header:Subject": "x\r\nBcc: evil@example.org"}, "header:Subject"),
     ({"subject": "a", "header:Subject:asText": "b"}, "header:Subject:asText"),
     ({"header:Subject:asAddresses": []}, "header:Subject:asAddresses"),
-    ({"header:Content-Type": " text/plain"}, "headers"),
+    ({"header:Content-Type": " text/plain"}, "header:Content-Type"),
     ({"messageId": ["a b"]}, "messageId"),
     ({"sentAt": "tuesday"}, "sentAt"),
     ({"textBody": [{"partId": "t", "type": "text/html"}], "bodyValues": {"t": {"value": "x"}}}, "textBody"),

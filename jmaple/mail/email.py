@@ -953,8 +953,9 @@ async def _compose(ctx: MethodContext, spec: Any) -> ImportItem:
         if received is None:
             raise _bad("receivedAt must be a UTCDate", "receivedAt")
     top = _header_fields(spec, "", convenience=True)
-    if any(n.lower().startswith("content-") for n, _ in top):
-        raise _bad("Content-* header fields belong on body parts", "headers")
+    for prop in spec:
+        if prop.startswith("header:") and prop[7:].split(":")[0].lower().startswith("content-"):
+            raise _bad("Content-* header fields belong on body parts (RFC 8621 §4.6)", prop)
     values = spec.get("bodyValues") or {}
     if not isinstance(values, dict) or not all(
             isinstance(v, dict) and isinstance(v.get("value"), str) and v.get("isEncodingProblem", False) is False
