@@ -318,8 +318,16 @@ def phase_sse(args: argparse.Namespace, tmp: str) -> None:
         if count != n:
             if count == 1000 and args.storm:
                 storm(gens, server, n, args)
+            before = server.rss()
             count = gens.keep(count)
-            time.sleep(0.5)
+            time.sleep(1.0)
+            # Closed SSE connections whose handler has not written since are noticed only by the next write:
+            # one mutation (not counted below) shows what that first write costs, and frees them.
+            cpu = cpu_seconds(server.proc.pid)
+            reach(gens, mutator, count, 1)
+            print(f"  closing down to {count} clients: server RSS {before / KiB:.1f} -> {server.rss() / KiB:.1f} MiB "
+                  f"1 s later; the next mutation cost the server {(cpu_seconds(server.proc.pid) - cpu) * 1000:.0f} ms "
+                  f"CPU (not counted below)", flush=True)
         mutations = args.mutations if count > 100 else max(args.mutations, 200)
         cpu = cpu_seconds(server.proc.pid)
         reach_all, every, missing = reach(gens, mutator, count, mutations)

@@ -94,7 +94,8 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
         app[SUPERVISOR] = supervisor = StreamSupervisor(app[AUTHENTICATOR])
         # Webhooks (PushSubscription): their own HTTP client, with the SSRF checks and our TLS trust.
         http = await stack.enter_async_context(client_session(config.push))
-        app[WEBHOOKS] = await stack.enter_async_context(WebhookDelivery(runtime, http, config.push))
+        app[WEBHOOKS] = await stack.enter_async_context(
+            WebhookDelivery(runtime, http, config.push, _shared_lock(config, runtime.broker)))
         runtime.broker.add_on_publish(functools.partial(fanout_state_change, app, http))
         for plugin in runtime.registry.plugins:
             for service in plugin.services:

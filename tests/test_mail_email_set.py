@@ -262,6 +262,8 @@ async def test_created_email_can_be_referenced_later_in_the_request(mail):  # no
     ({"bodyStructure": "x"}, "bodyStructure"),
     ({"bodyStructure": {"partId": "t", "header:Content-Transfer-Encoding": " 8bit"},
       "bodyValues": {"t": {"value": "x"}}}, "bodyStructure"),
+    ({"subject": "a", "bodyStructure": {"partId": "t", "header:Subject": " b"}, "bodyValues": {"t": {"value": "x"}}},
+     "bodyStructure"),
     ({"attachments": "x"}, "attachments"),
     ({"attachments": [{"blobId": 5}]}, "attachments"),
 ])
@@ -334,3 +336,16 @@ async def test_copy_refusals(mail, one):  # noqa: F811
     (name, result, _), = await as_user(mail, auth, ("Email/copy", {
         "fromAccountId": bob_account, "accountId": mail.account_id, "create": {}}))
     assert (name, result["type"]) == ("error", "accountReadOnly")
+
+
+async def test_a_read_only_grantee_reads_but_cannot_change_emails(mail, one):  # noqa: F811
+    """RFC 8620 §5.3 accountReadOnly for Email/set and Email/import; Email/get and Thread/get still work."""
+    _, auth, _ = await bob_with_access(mail, may_write=False)
+    responses = await as_user(mail, auth,
+                              ("Email/get", {"accountId": mail.account_id, "ids": [one["id"]], "properties": ["id"]}),
+                              ("Thread/get", {"accountId": mail.account_id, "ids": [one["threadId"]]}),
+                              ("Email/set", {"accountId": mail.account_id, "destroy": [one["id"]]}),
+                              ("Email/import", {"accountId": mail.account_id, "emails": {}}))
+    assert responses[0][1]["list"] == [{"id": one["id"]}]
+    assert responses[1][1]["list"] == [{"id": one["threadId"], "emailIds": [one["id"]]}]
+    assert [(r[0], r[1].get("type")) for r in responses[2:]] == [("error", "accountReadOnly")] * 2

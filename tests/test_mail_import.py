@@ -9,7 +9,6 @@ import pytest
 
 from jmaple.keys import RUNTIME
 from jmaple.mail import storage
-from jmaple.mail.email import ImportItem, Imported, import_messages
 from test_mail_mailbox import MAIL_USING, call, error, mail_client, mailboxes
 
 CORPUS = sorted((Path(__file__).parent / "corpus" / "mail").glob("*.eml"))
@@ -222,3 +221,14 @@ async def test_parse_default_properties(mail):
                                   {"blobIds": [], "ids": []}])
 async def test_parse_rejects_bad_arguments(mail, args):
     assert (await error(mail, "Email/parse", args))["type"] == "invalidArguments"
+
+
+async def test_a_message_with_many_identical_parts_stores_their_content_once(mail):
+    """Every leaf part gets a blobId; parts with the same content share it (one write)."""
+    parts = "".join("--b\r\nContent-Type: application/octet-stream\r\n\r\nsame\r\n" for _ in range(300))
+    raw = message(extra='MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n',
+                  body=parts + "--b--\r\n")
+    created = await imported(mail, raw)
+    got = await call(mail, "Email/get", {"ids": [created["id"]], "properties": ["attachments"]})
+    attachments = got["list"][0]["attachments"]
+    assert len(attachments) == 300 and len({a["blobId"] for a in attachments}) == 1

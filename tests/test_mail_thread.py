@@ -10,7 +10,7 @@ from test_mail_import import imported, inbox, mail, message  # noqa: F401  (fixt
 from test_mail_mailbox import call, error
 
 
-async def test_a_reply_with_the_same_base_subject_joins_the_thread(mail):
+async def test_a_reply_with_the_same_base_subject_joins_the_thread(mail):  # noqa: F811
     """RFC 8621 §3: a shared message id and the same base subject (RFC 5256) make one thread."""
     first = await imported(mail, message("Plans", "p1@x"), receivedAt="2026-11-24T10:00:00Z")
     reply = await imported(mail, message("Re: [list] PLANS", "p2@x", in_reply_to="p1@x"),
@@ -22,19 +22,19 @@ async def test_a_reply_with_the_same_base_subject_joins_the_thread(mail):
     assert thread["list"] == [{"id": first["threadId"], "emailIds": [deeper["id"], first["id"], reply["id"]]}]
 
 
-async def test_a_reply_with_another_subject_starts_a_new_thread(mail):
+async def test_a_reply_with_another_subject_starts_a_new_thread(mail):  # noqa: F811
     first = await imported(mail, message("Plans", "p1@x"))
     other = await imported(mail, message("Something else", "p2@x", in_reply_to="p1@x"))
     assert first["threadId"] != other["threadId"]
 
 
-async def test_a_parent_arriving_after_its_reply_joins_the_replys_thread(mail):
+async def test_a_parent_arriving_after_its_reply_joins_the_replys_thread(mail):  # noqa: F811
     reply = await imported(mail, message("Re: Plans", "p2@x", in_reply_to="p1@x"))
     parent = await imported(mail, message("Plans", "p1@x"))
     assert parent["threadId"] == reply["threadId"]
 
 
-async def test_a_bridging_message_keeps_the_two_threads_apart(mail):
+async def test_a_bridging_message_keeps_the_two_threads_apart(mail):  # noqa: F811
     """RFC 8621 §3: threadId never changes, so two threads a message bridges stay two."""
     a = await imported(mail, message("Topic", "a@x"))
     b = await imported(mail, message("Topic", "b@x"))
@@ -46,7 +46,7 @@ async def test_a_bridging_message_keeps_the_two_threads_apart(mail):
         assert got["list"][0]["threadId"] == one["threadId"]
 
 
-async def test_threading_within_one_batch(mail):
+async def test_threading_within_one_batch(mail):  # noqa: F811
     """Messages imported together thread with each other as if imported one by one."""
     runtime = mail.server.app[RUNTIME]
     box = await inbox(mail)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -21,7 +22,8 @@ from jmaple.app import make_app, open_runtime
 from jmaple.cli import CliError, data_dir_lock
 from jmaple.config import Config, ConfigError
 from jmaple.keys import PUBLISHER, RUNTIME
-from jmaple.push.redis import RedisPushBroker
+from jmaple.push.redis import RedisPushBroker, shown_url
+from jmaple.push.webhook import WEBHOOKS
 from jmaple.store import changes
 from jmaple.store.db import Database
 from notes import PLUGIN as NOTES_PLUGIN
@@ -291,6 +293,9 @@ async def test_each_webhook_is_delivered_once_whichever_daemon_made_the_change(r
     for client in (one, two):
         await client.app[RUNTIME].broker.wait_subscribed()
         await caught_up(client)
+    for client in (one, two):
+        # Without the shared lock the two engines occasionally POST the same state: this says why if so.
+        assert client.app[WEBHOOKS]._lock is not None
     sub_id = await subscribe(one, receiver, "/a")
     expected = []
     for writer in (two, one):
@@ -311,8 +316,37 @@ async def test_each_webhook_is_delivered_once_whichever_daemon_made_the_change(r
         return newest
 
     await receiver.wait(lambda: seen() == expected[-1][one.account_id])
-    with pytest.raises(TimeoutError):
+    with contextlib.suppress(TimeoutError):
         await receiver.wait(lambda: len(receiver.at("/a")) > 1 + len(expected))
+    posts = [orjson.dumps(r.json.get("changed")).decode() for r in receiver.at("/a")]
+    assert len(posts) <= 1 + len(expected), " ".join(posts)
     states = [int(r.json["changed"][one.account_id]["Note"]) for r in receiver.at("/a")[1:]]
     assert len(states) == len(set(states)), states      # no state POSTed twice
     assert all(r.json["changed"].keys() == {one.account_id} for r in receiver.at("/a")[1:]), sub_id
+
+
+async def test_a_dropped_subscription_is_taken_up_again(pair, redis_server):
+    one, two = pair
+    resp = await open_stream(two)
+    admin = redis.asyncio.Redis.from_url(redis_server.url)
+    channel = one.app[RUNTIME].broker.channel
+    await admin.client_kill_filter(_type="pubsub")
+    async with asyncio.timeout(10):
+        while (await admin.pubsub_numsub(channel))[0][1] < 2:
+            await asyncio.sleep(0.02)
+    await admin.aclose()
+    state = await create_note(one)
+    assert (await next_event(resp))["data"]["changed"] == {one.account_id: {"Note": state}}
+    await caught_up(two)
+    await no_more_events(resp)
+    resp.close()
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("redis://:secret@cache:6379/0", "redis://:***@cache:6379/0"),
+    ("rediss://jmaple:secret@cache/1", "rediss://jmaple:***@cache/1"),
+    ("unix:///run/redis.sock?db=2&password=secret", "unix:///run/redis.sock?db=2&password=***"),
+    ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+])
+def test_logs_show_the_redis_url_without_its_password(url, shown):
+    assert shown_url(url) == shown

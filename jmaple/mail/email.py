@@ -165,8 +165,10 @@ async def import_messages(tx: Transaction, runtime: Runtime, account_id: str,
     blob_ids = await asyncio.gather(*(runtime.blobs.write(p.raw) for _, _, p, _ in ready))
     part_ids: list[dict[str, str]] = []
     for _, _, prepared, _ in ready:
-        ids = await asyncio.gather(*(runtime.blobs.write(data) for data in prepared.part_blobs.values()))
-        part_ids.append(dict(zip(prepared.part_blobs, ids)))
+        # Parts with the same content share one blob (and one durable write).
+        contents = list(dict.fromkeys(prepared.part_blobs.values()))
+        written = dict(zip(contents, await asyncio.gather(*(runtime.blobs.write(data) for data in contents))))
+        part_ids.append({part_id: written[data] for part_id, data in prepared.part_blobs.items()})
 
     # Threads: §3's suggestion, by shared message ids and the same base subject; earlier messages of
     # this batch count as if already stored.
@@ -207,8 +209,11 @@ async def import_messages(tx: Transaction, runtime: Runtime, account_id: str,
         results[n] = Imported(email_id, blob_id, thread_id, len(prepared.raw))
     for (_, _, prepared, _), blob_id, parts, record in zip(ready, blob_ids, part_ids, records):
         await runtime.blobs.register(tx, blob_id, prepared.raw)
+        registered: set[str] = set()
         for part_id, part_blob in parts.items():
-            await runtime.blobs.register(tx, part_blob, prepared.part_blobs[part_id])
+            if part_blob not in registered:
+                registered.add(part_blob)
+                await runtime.blobs.register(tx, part_blob, prepared.part_blobs[part_id])
         await runtime.blobs.add_refs(tx, account_id, storage.email_blob_owner(record.id), [blob_id, *parts.values()])
     await storage.insert_emails(tx, account_id, records)
     return results   # type: ignore[return-value]
@@ -797,6 +802,7 @@ class _Composer:
     ctx: MethodContext
     body_values: dict[str, Any]
     blobs: dict[str, bytes]
+    top_names: frozenset[str] = frozenset()   # header fields the Email itself sets
     attachment_bytes: int = 0
 
     def leaf_content(self, part: dict[str, Any], where: str) -> tuple[bytes, bool]:
@@ -842,6 +848,9 @@ class _Composer:
                 n.lower() == "content-transfer-encoding" for n, _ in extra):
             raise _bad(f"{where}: Content-Transfer-Encoding is chosen by the server", where)
         extra_names = {n.lower() for n, _ in extra}
+        if depth == 0 and extra_names & self.top_names:
+            # RFC 8621 §4.6: the root part may not repeat a header field the Email sets.
+            raise _bad(f"{where}: a header field is also set on the Email", where)
         ctype = (part.get("type") or "").lower()
         lines: list[str] = []
         sub_parts = part.get("subParts")
@@ -986,7 +995,7 @@ async def _compose(ctx: MethodContext, spec: Any) -> ImportItem:
         except FileNotFoundError:
             raise _Refused(SetError("blobNotFound", "attachments name unknown blobs", (),
                                     (("notFound", [blob_id]),))) from None
-    composer = _Composer(ctx, values, blobs)
+    composer = _Composer(ctx, values, blobs, frozenset(n.lower() for n, _ in top))
     body = composer.part(structure, where)
     if composer.attachment_bytes > mailbox_module.settings(ctx.runtime).max_size_attachments_per_email:
         raise _Refused(SetError("tooLarge", "the attachments are larger than maxSizeAttachmentsPerEmail"))

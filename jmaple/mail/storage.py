@@ -626,15 +626,6 @@ async def email_rows(conn: Conn, account_id: str, ids: Sequence[str], *, parsed:
     return out
 
 
-async def email_blob_ids(conn: Conn, account_id: str, ids: Sequence[str]) -> dict[str, str]:
-    """Email id -> the blobId of its raw message, for those of `ids` that exist."""
-    out: dict[str, str] = {}
-    for chunk in _chunks(list(dict.fromkeys(ids))):
-        out.update(await conn.all(
-            f"SELECT id, blob_id FROM emails WHERE account_id = ? AND id IN ({_marks(chunk)})", (account_id, *chunk)))
-    return out
-
-
 async def query_email_ids(conn: Conn, account_id: str, mailbox_id: str | None, *, ascending: bool,
                           collapse_threads: bool) -> list[str]:
     """Email ids by receivedAt (ties by id), in one mailbox or the whole account, optionally one per thread

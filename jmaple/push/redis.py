@@ -5,6 +5,10 @@ Every daemon (and its poller of other processes' commits) may try to publish the
 its own subscribers, runs the on_publish hooks (so each webhook gets it once) and PUBLISHes it on one
 channel, from which every other daemon's listener hands it to its subscribers.
 
+A process without hooks (a CLI command) claims nothing: the daemons' pollers publish its commits, so their
+webhooks get them. Webhook workers of all daemons share `lock()` per subscription, so that two of them never
+POST the same pending state.
+
 While Redis cannot be reached, a daemon delivers what it publishes to its own subscribers and runs its
 hooks (a webhook may then get a change twice, never not at all), and the listener reconnects with back-off.
 """
@@ -16,6 +20,7 @@ import contextlib
 import hashlib
 import logging
 import secrets
+import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +38,7 @@ log = logging.getLogger(__name__)
 CLAIM_TTL = 300                 # seconds a published state stays claimed: far longer than any poll delay
 RETRY_INITIAL = 0.2             # seconds before the listener's first reconnect attempt
 RETRY_MAX = 30.0
-COMMAND_TIMEOUT = 5.0           # seconds for one command, so a hung Redis cannot stall a publish for long
+COMMAND_TIMEOUT = 2.0           # seconds for one command, so a hung Redis cannot stall a publish for long
 
 
 def namespace_for(database: Path) -> str:
@@ -44,12 +49,27 @@ def namespace_for(database: Path) -> str:
     return hashlib.sha256(str(database.resolve()).encode()).hexdigest()[:16]
 
 
+def shown_url(url: str) -> str:
+    """The URL without its password, fit for a log."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is not None:
+        host = parts.netloc.rpartition("@")[2]
+        url = urllib.parse.urlunsplit(
+            parts._replace(netloc=(f"{parts.username}:***@" if parts.username else ":***@") + host))
+    base, mark, query = url.partition("?")
+    pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+    if any(key == "password" for key, _ in pairs):   # unix:///path?password=...
+        pairs = [(key, "***" if key == "password" else value) for key, value in pairs]
+        url = base + mark + urllib.parse.urlencode(pairs, safe="*")
+    return url
+
+
 class RedisPushBroker(PushBroker):
     """PushBroker whose publishes reach the subscribers of every daemon connected to the same Redis."""
 
     def __init__(self, url: str, namespace: str) -> None:
         super().__init__()
-        self.url = url
+        self.url = shown_url(url)               # for logs: without a password
         # One immediate retry (a pooled connection may be stale after Redis restarted), then fail fast:
         # a publish must not wait through a back-off while Redis is away.
         self._redis = aioredis.Redis.from_url(url, socket_timeout=COMMAND_TIMEOUT,
@@ -97,6 +117,12 @@ class RedisPushBroker(PushBroker):
             return
         if fresh:
             self.deliver(account_id, fresh)
+        if not self._subscribed.is_set():
+            # Our listener is reconnecting and may miss what another daemon won; our poller sees every
+            # commit, so our subscribers get it from here (at worst twice, which coalescing makes harmless).
+            missed = {type_name: state for type_name, state in type_states.items() if type_name not in fresh}
+            if missed:
+                self._fan_out(account_id, missed)
 
     def _claim_key(self, account_id: str, type_name: str, state: str) -> str:
         return f"{self._prefix}claim:{orjson.dumps([account_id, type_name, state]).decode()}"
@@ -150,7 +176,7 @@ class RedisPushBroker(PushBroker):
 
     def _redis_up(self) -> None:
         if self._redis_down:
-            log.warning("Redis push broker at %s: connected again", self.url)
+            log.info("Redis push broker at %s: connected again", self.url)
             self._redis_down = False
 
     @contextlib.asynccontextmanager
