@@ -796,19 +796,36 @@ async def standard_query_changes(ctx: MethodContext, args: dict[str, Any], data_
     since_state = a.string("sinceQueryState", nullable=False)
     max_changes = a.int("maxChanges", None, nullable=True, minimum=0)
     up_to_id = a.id("upToId")
-    current, horizon = await changes.state_and_horizon(ctx.conn, ctx.account_id, data_type.name)
+    current, rows = await query_changes_since(ctx, data_type.name, since_state)
+    changed = {c.object_id for c in rows}
+    ids = await query_ids(ctx, data_type, q.filter, q.sort)
+    last = None
+    if up_to_id is not None and _immutable_query(data_type, q) and up_to_id in ids:
+        last = ids.index(up_to_id)
+    return query_changes_response(ctx, since_state, current, changed, ids, max_changes, q.calculate_total, last)
+
+
+async def query_changes_since(ctx: MethodContext, type_name: str, since_state: str) -> tuple[int, list[Any]]:
+    """(current state, change-log rows since the query state); cannotCalculateChanges for a state we
+    cannot answer from."""
+    current, horizon = await changes.state_and_horizon(ctx.conn, ctx.account_id, type_name)
     since = state_int(since_state)
     if since is None or since > current or since < horizon:
         raise MethodError("cannotCalculateChanges", "the query state is too old or unknown; query again")
-    changed = {c.object_id for c in await changes.since(ctx.conn, ctx.account_id, data_type.name, since, None)}
-    ids = await query_ids(ctx, data_type, q.filter, q.sort)
-    # Every changed object may have left or moved: report it removed, and added again where it now is.
-    # RFC 8620 §5.6 allows this over-reporting.
-    added = [{"id": i, "index": n} for n, i in enumerate(ids) if i in changed]
+    return current, await changes.since(ctx.conn, ctx.account_id, type_name, since, None)
+
+
+def query_changes_response(ctx: MethodContext, since_state: str, current: int, changed: set[str], ids: list[str],
+                           max_changes: int | None, calculate_total: bool,
+                           up_to_index: int | None = None) -> dict[str, Any]:
+    """The /queryChanges response from the changed ids and the new results (RFC 8620 §5.6).
+
+    Every changed object may have left or moved: it is reported removed, and added again where it
+    now is; the RFC allows this over-reporting. Past `up_to_index` nothing is added.
+    """
+    added = [{"id": i, "index": n} for n, i in enumerate(ids)
+             if i in changed and (up_to_index is None or n <= up_to_index)]
     removed = sorted(changed)
-    if up_to_id is not None and _immutable_query(data_type, q) and up_to_id in ids:
-        last = ids.index(up_to_id)
-        added = [item for item in added if item["index"] <= last]
     if max_changes is not None and len(added) + len(removed) > max_changes:
         raise MethodError("tooManyChanges", f"{len(added) + len(removed)} changes, more than maxChanges")
     response: dict[str, Any] = {
@@ -818,7 +835,7 @@ async def standard_query_changes(ctx: MethodContext, args: dict[str, Any], data_
         "removed": removed,
         "added": added,
     }
-    if q.calculate_total:
+    if calculate_total:
         response["total"] = len(ids)
     return response
 

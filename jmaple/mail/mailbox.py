@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 from jmaple.core.capability import DataType, Filter, Property
 from jmaple.core.context import MethodContext, Runtime
-from jmaple.core.errors import MethodError, SetFailure, invalid_properties
+from jmaple.core.errors import SetFailure, invalid_properties
 from jmaple.core.methods import (
-    Args, apply_set, check_count, filter_matches, parse_filter, parse_sort, sort_objects, state_int,
-    standard_get, window,
+    Args, apply_set, check_count, filter_matches, parse_filter, parse_sort, sort_objects,
+    query_changes_response, query_changes_since, standard_get, window,
 )
 from jmaple.mail import storage
 from jmaple.store import changes
@@ -412,31 +412,15 @@ async def mailbox_query_changes(ctx: MethodContext, args: dict[str, Any]) -> dic
     since_state = a.string("sinceQueryState", nullable=False)
     max_changes = a.int("maxChanges", None, nullable=True, minimum=0)
     a.id("upToId")   # checked, then ignored: name, role and the tree are all mutable
-    current, horizon = await changes.state_and_horizon(ctx.conn, ctx.account_id, MAILBOX.name)
-    since = state_int(since_state)
-    if since is None or since > current or since < horizon:
-        raise MethodError("cannotCalculateChanges", "the query state is too old or unknown; query again")
+    current, rows = await query_changes_since(ctx, MAILBOX.name, since_state)
     # Counts are neither filtered nor sorted on: a change to counts alone moves nothing.
-    changed = {c.object_id for c in await changes.since(ctx.conn, ctx.account_id, MAILBOX.name, since, None)
-               if c.created_modseq > since or c.is_destroyed or c.full_modseq > since}
+    since = int(since_state)   # checked by query_changes_since
+    changed = {c.object_id for c in rows if c.created_modseq > since or c.is_destroyed or c.full_modseq > since}
     ids, parents = await q.run(ctx, data_type)
     if changed and (q.sort_as_tree or q.filter_as_tree):
         # A mailbox renamed, moved or no longer matching carries its whole subtree with it.
         changed |= {i for i in parents if any(p in changed for p in _ancestors(parents, i))}
-    added = [{"id": i, "index": n} for n, i in enumerate(ids) if i in changed]
-    removed = sorted(changed)
-    if max_changes is not None and len(added) + len(removed) > max_changes:
-        raise MethodError("tooManyChanges", f"{len(added) + len(removed)} changes, more than maxChanges")
-    response: dict[str, Any] = {
-        "accountId": ctx.account_id,
-        "oldQueryState": since_state,
-        "newQueryState": str(current),
-        "removed": removed,
-        "added": added,
-    }
-    if q.calculate_total:
-        response["total"] = len(ids)
-    return response
+    return query_changes_response(ctx, since_state, current, changed, ids, max_changes, q.calculate_total)
 
 
 # Accounts
