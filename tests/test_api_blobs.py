@@ -15,6 +15,7 @@ from jmaple.config import Config
 from jmaple.keys import LIMITER, RUNTIME
 from jmaple.store.accounts import user_by_login
 from notes import PLUGIN as NOTES_PLUGIN
+from test_store_blobs import Clock
 
 ID = re.compile(r"[A-Za-z0-9_-]{1,255}")
 IMMUTABLE = "private, immutable, max-age=31536000"
@@ -291,6 +292,20 @@ async def test_an_unreferenced_upload_is_readable_only_by_its_uploader_even_when
     assert resp.status == 200 and await resp.read() == b"alice's draft"
 
 
+async def test_two_users_uploading_the_same_bytes_to_a_shared_account_each_keep_their_upload(client, bob):
+    """RFC 8620 §6.1: an upload is the uploader's; a second user uploading identical content to the same
+    shared account does not take the first one's upload away."""
+    await share(client, "bob@example.org", "alice@example.org", True)
+    bob_headers = {"Authorization": basic("bob@example.org")}
+    mine = await client.upload(b"same bytes")
+    resp = await client.post(f"/jmap/upload/{client.account_id}/", data=b"same bytes", headers=bob_headers)
+    assert resp.status == 201 and (await resp.json())["blobId"] == mine["blobId"]
+    path = download_path(client.account_id, mine["blobId"])
+    for headers in (client.headers(), bob_headers):
+        resp = await client.get(path, headers=headers)
+        assert resp.status == 200 and await resp.read() == b"same bytes"
+
+
 async def test_a_read_only_grant_can_download_referenced_blobs(client, bob):
     await share(client, "bob@example.org", "alice@example.org", False)
     blob = await client.upload(b"attachment")
@@ -391,3 +406,39 @@ async def test_a_compressed_upload_body_is_bounded_by_its_decoded_size(aiohttp_c
     resp = await client.post(f"/jmap/upload/{client.account_id}/", data=bomb,
                              headers=client.headers({"Content-Encoding": "gzip"}))
     await assert_problem(resp, 400, limit="maxSizeUpload")
+
+
+async def test_blob_copy_counts_against_the_upload_quota(aiohttp_client, tmp_path):
+    """RFC 8620 §6.1 and §5.3: a copy is an upload into the target account, so it counts against the
+    quota: older unreferenced uploads make room, and what cannot fit is notCopied with overQuota."""
+    clock = Clock()
+    client = await make_client(aiohttp_client, tmp_path, clock=clock,
+                               limits={"max_size_upload": 100, "upload_quota": 250})
+    bob = await add_user(client, "bob@example.org")
+    await share(client, "alice@example.org", "bob@example.org", True)
+    old = await client.upload(b"o" * 100, account_id=bob.account_id)      # alice's upload in bob's account
+    clock.now += 10
+    first = await client.upload(b"1" * 100)
+    clock.now += 10
+    responses = await blob_copy(client, {"fromAccountId": client.account_id, "accountId": bob.account_id,
+                                         "blobIds": [first["blobId"]]})
+    assert responses[0][1]["copied"] == {first["blobId"]: first["blobId"]}
+    # 300 octets in a 250-octet quota: the oldest upload made room for the copy.
+    assert (await client.get(download_path(bob.account_id, old["blobId"]), headers=client.headers())).status == 404
+    for account_id in (client.account_id, bob.account_id):
+        resp = await client.get(download_path(account_id, first["blobId"]), headers=client.headers())
+        assert resp.status == 200
+    # Three referenced 100-octet blobs copied at once: only two fit, however much is evicted.
+    held = []
+    for n in b"abc":
+        blob = await client.upload(bytes([n]) * 100)
+        await add_ref(client, client.account_id, f"Note:N{n}", blob["blobId"])
+        held.append(blob["blobId"])
+    responses = await blob_copy(client, {"fromAccountId": client.account_id, "accountId": bob.account_id,
+                                         "blobIds": held})
+    result = responses[0][1]
+    assert result["copied"] == {held[0]: held[0], held[1]: held[1]}
+    assert result["notCopied"] == {held[2]: {"type": "overQuota",
+                                             "description": "the copy does not fit in your upload quota"}}
+    resp = await client.get(download_path(bob.account_id, held[2]), headers=client.headers())
+    assert resp.status == 404

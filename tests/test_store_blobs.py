@@ -103,6 +103,19 @@ async def test_over_quota_the_oldest_unreferenced_uploads_are_evicted(tmp_path, 
         assert await readable(runtime, alice, [*blobs, newest, last]) == {blobs[1], newest, last}
 
 
+async def test_an_upload_of_bytes_another_user_uploaded_to_the_same_account_is_separate(tmp_path, clock):
+    """Each user's upload has its own expiry and quota, even for identical bytes in one account."""
+    async with store(tmp_path, clock, upload_lifetime_hours=1) as (runtime, alice, bob):
+        first = await upload(runtime, alice, b"shared")
+        clock.now += HOUR - 60
+        await runtime.blobs.upload(runtime.db, alice.account_id, bob.id, b"shared", "text/plain")
+        clock.now += 120
+        await runtime.blobs.collect(runtime.db)
+        assert await readable(runtime, alice, [first]) == set()   # alice's own upload expired
+        async with runtime.db.read() as conn:
+            assert await runtime.blobs.readable(conn, alice.account_id, [first], user_id=bob.id) == {first}
+
+
 async def test_the_new_upload_is_kept_even_when_several_share_a_second(tmp_path, clock):
     async with store(tmp_path, clock, max_size_upload=100, upload_quota=250) as (runtime, alice, bob):
         blobs = [await upload(runtime, alice, bytes([n]) * 100) for n in range(5)]

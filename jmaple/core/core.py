@@ -47,9 +47,12 @@ async def blob_copy(ctx: MethodContext, args: dict[str, Any]) -> dict[str, Any]:
     blobs = ctx.runtime.blobs
     readable = await blobs.readable(tx, from_account, [b for b in blob_ids if is_blob_id(b)],
                                     user_id=ctx.principal.user_id)
-    copied = [b for b in dict.fromkeys(blob_ids) if b in readable]
-    await blobs.grant_upload(tx, ctx.account_id, ctx.principal.user_id, copied)
+    copied, refused = await blobs.grant_upload(tx, ctx.account_id, ctx.principal.user_id,
+                                               [b for b in blob_ids if b in readable])
     missing = {b: SetError("blobNotFound").to_json() for b in blob_ids if b not in readable}
+    # A copy counts against the upload quota like an upload (RFC 8620 §6.1, §5.3 overQuota).
+    missing.update({b: SetError("overQuota", "the copy does not fit in your upload quota").to_json()
+                    for b in refused})
     return {
         "fromAccountId": from_account,
         "accountId": ctx.account_id,

@@ -106,25 +106,26 @@ class BlobStore:
             await tx.execute(
                 "INSERT INTO blob_uploads (account_id, blob_id, user_id, type, size, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET created_at = excluded.created_at,"
-                " type = excluded.type, user_id = excluded.user_id",
+                " type = excluded.type",
                 (account_id, blob_id, user_id, content_type, len(data), int(tx.now)))
-            await self._enforce_quota(tx, user_id, (account_id, blob_id))
+            await self._enforce_quota(tx, user_id, {(account_id, blob_id)})
         return Upload(account_id, blob_id, content_type, len(data))
 
-    async def _enforce_quota(self, tx: Transaction, user_id: str, keep: tuple[str, str]) -> None:
-        # RFC 8620 §6.1: over quota, unreferenced uploads are deleted oldest first. The new upload
-        # counts first whatever its timestamp (several uploads can share a second).
+    async def _enforce_quota(self, tx: Transaction, user_id: str, keep: set[tuple[str, str]]) -> None:
+        # RFC 8620 §6.1: over quota, unreferenced uploads are deleted oldest first. The new uploads
+        # (`keep`) count first whatever their timestamp (several uploads can share a second).
         rows = await tx.all(
-            "SELECT u.account_id, u.blob_id, u.size FROM blob_uploads u WHERE u.user_id = ?1"
+            "SELECT u.account_id, u.blob_id, u.size FROM blob_uploads u WHERE u.user_id = ?"
             " AND NOT EXISTS (SELECT 1 FROM blob_refs r WHERE r.blob_id = u.blob_id AND r.account_id = u.account_id)"
-            " ORDER BY (u.account_id = ?2 AND u.blob_id = ?3) DESC, u.created_at DESC", (user_id, *keep))
+            " ORDER BY u.created_at DESC", (user_id,))
+        rows.sort(key=lambda r: (r[0], r[1]) not in keep)   # stable: the kept first, then newest first
         total = 0
         evict = []
         for account_id, blob_id, size in rows:
             total += size
-            if total > self.limits.upload_quota and (account_id, blob_id) != keep:
-                evict.append((account_id, blob_id))
-        await tx.executemany("DELETE FROM blob_uploads WHERE account_id = ? AND blob_id = ?", evict)
+            if total > self.limits.upload_quota and (account_id, blob_id) not in keep:
+                evict.append((account_id, blob_id, user_id))
+        await tx.executemany("DELETE FROM blob_uploads WHERE account_id = ? AND blob_id = ? AND user_id = ?", evict)
 
     # RFC 8620 §6.1: an unreferenced blob is readable only by whoever uploaded it, even in a shared
     # account; a blob an object of the account holds is readable by everyone who may read the account.
@@ -144,13 +145,39 @@ class BlobStore:
         rows = await conn.all(self._READABLE.format(marks=marks), (account_id, user_id, *ids, account_id, *ids))
         return {r[0] for r in rows}
 
-    async def grant_upload(self, tx: Transaction, account_id: str, user_id: str, blob_ids: Iterable[str]) -> None:
-        """Make blobs readable in another account as if uploaded there (Blob/copy)."""
+    async def grant_upload(self, tx: Transaction, account_id: str, user_id: str,
+                           blob_ids: Iterable[str]) -> tuple[list[str], list[str]]:
+        """Make blobs readable in another account as if user_id uploaded them there (Blob/copy).
+
+        The copies count against the user's upload quota like uploads; returns (copied, over quota):
+        blobs that do not fit even after evicting the user's older unreferenced uploads are not copied.
+        """
+        ids = list(dict.fromkeys(blob_ids))
+        if not ids:
+            return [], []
+        marks = ",".join("?" * len(ids))
+        sizes = dict(await tx.all(f"SELECT id, size FROM blobs WHERE id IN ({marks})", ids))
+        # Those already referenced in the target account cost nothing; the others must fit in the quota.
+        held = {r[0] for r in await tx.all(
+            f"SELECT DISTINCT blob_id FROM blob_refs WHERE account_id = ? AND blob_id IN ({marks})",
+            (account_id, *ids))}
+        copied: list[str] = []
+        refused: list[str] = []
+        total = 0
+        for blob_id in ids:
+            size = 0 if blob_id in held else sizes.get(blob_id, 0)
+            if total + size > self.limits.upload_quota:
+                refused.append(blob_id)
+            else:
+                total += size
+                copied.append(blob_id)
         await tx.executemany(
             "INSERT INTO blob_uploads (account_id, blob_id, user_id, type, size, created_at)"
             " SELECT ?, id, ?, 'application/octet-stream', size, ? FROM blobs WHERE id = ?"
             " ON CONFLICT DO UPDATE SET created_at = excluded.created_at",
-            [(account_id, user_id, int(tx.now), b) for b in blob_ids])
+            [(account_id, user_id, int(tx.now), b) for b in copied])
+        await self._enforce_quota(tx, user_id, {(account_id, b) for b in copied})
+        return copied, refused
 
     async def add_refs(self, tx: Transaction, account_id: str, owner: str, blob_ids: Iterable[str]) -> None:
         """Record that an object (`owner`, e.g. "Email:M1") of the account holds these blobs."""
