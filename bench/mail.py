@@ -10,7 +10,8 @@ attachment), then prints, in one run:
 - the Email/import rate through the real HTTP API (upload each message, then Email/import them in
   batches) of a server running in another process (pinned to CPU 0, the client to CPU 1), with the ratio;
 - Email/get latency at one connection for 50 emails, with the default properties and with
-  fetchAllBodyValues (median and 99th percentile).
+  fetchAllBodyValues (median and 99th percentile), through HTTP and, to tell the method's own cost
+  from serialising and compressing the response, through the Dispatcher in process.
 Nothing here is a test.
 """
 
@@ -162,12 +163,21 @@ async def prepare(data_dir: str) -> str:
     return user.account_id
 
 
-async def measure_in_process(data_dir: str, messages: list[bytes], batch: int = 50) -> float:
-    """import_messages called directly, in batches of one write transaction: the cost without HTTP."""
+GET_CASES = (("default properties", {}), ("fetchAllBodyValues", {"fetchAllBodyValues": True}))
+
+
+async def measure_in_process(data_dir: str, messages: list[bytes],
+                             batch: int = 50) -> tuple[float, dict[str, list[float]]]:
+    """import_messages called directly, in batches of one write transaction: the cost without HTTP; then
+    Email/get of 50 of them through the Dispatcher, without HTTP (no serialising, no compression)."""
     from jmaple.app import open_runtime
     from jmaple.config import Config
+    from jmaple.core.context import Principal
+    from jmaple.core.dispatcher import Dispatcher
+    from jmaple.core.publisher import StatePublisher
     from jmaple.mail import storage
-    from jmaple.mail.email import ImportItem, import_messages
+    from jmaple.mail.ingest import ImportItem, import_messages
+    from jmaple.store import accounts
     from jmaple.users import create_user
 
     config = Config.from_dict({"server": {"data_dir": data_dir}})
@@ -175,12 +185,33 @@ async def measure_in_process(data_dir: str, messages: list[bytes], batch: int = 
         user = await create_user(runtime, LOGIN, "Bench", PASSWORD)
         async with runtime.db.read() as conn:
             inbox = (await storage.mailbox_ids_by_role(conn, user.account_id))["inbox"]
+            access = await accounts.access(conn, user.id)
+        ids: list[str] = []
         start = time.perf_counter()
         for i in range(0, len(messages), batch):
             async with runtime.db.write() as tx:
-                await import_messages(tx, runtime, user.account_id,
-                                      [ImportItem(raw, (inbox,)) for raw in messages[i:i + batch]])
-        return len(messages) / (time.perf_counter() - start)
+                results = await import_messages(tx, runtime, user.account_id,
+                                                [ImportItem(raw, (inbox,)) for raw in messages[i:i + batch]])
+            ids += [r.id for r in results]   # type: ignore[union-attr]
+        rate = len(messages) / (time.perf_counter() - start)
+
+        principal = Principal(user.id, user.login, user.name, None, {a.account_id: a for a in access}, user.version)
+        dispatcher = Dispatcher(runtime, StatePublisher(runtime.db, runtime.broker))
+        latencies: dict[str, list[float]] = {}
+        for label, extra in GET_CASES:
+            body = {"using": USING, "methodCalls": [["Email/get", {"accountId": user.account_id, "ids": ids[:50],
+                                                                   **extra}, "g"]]}
+            for _ in range(20):
+                await dispatcher.handle(principal, body)     # warm up
+            times = []
+            for _ in range(200):
+                t = time.perf_counter()
+                response = await dispatcher.handle(principal, body)
+                times.append(time.perf_counter() - t)
+                if len(response["methodResponses"][0][1]["list"]) != 50:
+                    raise RuntimeError(str(response)[:500])
+            latencies[label] = sorted(times)
+        return rate, latencies
 
 
 async def measure_http(port: int, account_id: str, messages: list[bytes], connections: int,
@@ -222,7 +253,7 @@ async def measure_http(port: int, account_id: str, messages: list[bytes], connec
 
         latencies: dict[str, list[float]] = {}
         sample = ids[:50]
-        for label, extra in (("default properties", {}), ("fetchAllBodyValues", {"fetchAllBodyValues": True})):
+        for label, extra in GET_CASES:
             call = [["Email/get", {"accountId": account_id, "ids": sample, **extra}, "g"]]
             for _ in range(20):
                 await api(call)     # warm up
@@ -255,7 +286,7 @@ def main() -> None:
         bare_rates.append(len(messages) / (time.perf_counter() - start))
     bare = max(bare_rates)
     with tempfile.TemporaryDirectory() as data_dir:
-        direct = asyncio.run(measure_in_process(data_dir, messages))
+        direct, direct_latencies = asyncio.run(measure_in_process(data_dir, messages))
     with tempfile.TemporaryDirectory() as data_dir:
         account_id = asyncio.run(prepare(data_dir))
         port = free_port()
@@ -280,9 +311,10 @@ def main() -> None:
           f"ratio {direct / bare:5.1%}")
     print(f"Email/import via HTTP  {rate:8.0f} messages/s (upload + import, {args.connections} clients, "
           f"{args.batch} per call)   ratio {rate / bare:5.1%} (target >= 60%)")
-    for label, times in latencies.items():
-        print(f"Email/get x50 {label:20} median {statistics.median(times) * 1000:7.2f} ms   "
-              f"p99 {times[int(len(times) * 0.99)] * 1000:7.2f} ms")
+    for where, found in (("via HTTP", latencies), ("in process", direct_latencies)):
+        for label, times in found.items():
+            print(f"Email/get x50 {where:10} {label:20} median {statistics.median(times) * 1000:7.2f} ms   "
+                  f"p99 {times[int(len(times) * 0.99)] * 1000:7.2f} ms")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 
+import orjson
 import pytest
 
+from jmaple.keys import RUNTIME
 from test_mail_import import imported, mail, message  # noqa: F401  (fixture)
 from test_mail_mailbox import call, error
 
@@ -108,6 +110,28 @@ async def test_headers_and_body_structure_with_body_properties(mail, multipart):
     assert structure["type"] == "multipart/mixed" and structure["partId"] is None
     assert [p["type"] for p in structure["subParts"]] == ["multipart/alternative", "application/pdf"]
     assert structure["subParts"][1]["header:Content-Type"] == " application/pdf; name=\"r.pdf\""
+
+
+CONVENIENCE = ["messageId", "inReplyTo", "references", "sender", "from", "to", "cc", "bcc", "replyTo", "subject",
+               "sentAt"]
+
+
+@pytest.mark.parametrize("stored", [
+    pytest.param(lambda p: {"m": p["m"], "b": p["b"]}, id="stored-before-they-were-kept"),
+    pytest.param(lambda p: {**p, "c": {k: "stale" for k in p["c"]}, "cv": 0}, id="stored-by-an-older-parser"),
+])
+async def test_convenience_properties_of_an_older_stored_email_come_from_its_header_fields(
+        mail, multipart, stored):  # noqa: F811
+    """RFC 8621 §4.1.3: the convenience properties are the header fields parsed; whatever was stored of them
+    at import by an older version does not change what a client sees."""
+    args = {"ids": [multipart["id"]], "properties": CONVENIENCE}
+    fresh = (await call(mail, "Email/get", args))["list"][0]
+    assert fresh["subject"] == "Café report" and fresh["messageId"] == ["m1@example.org"]
+    async with mail.app[RUNTIME].db.write() as tx:
+        parsed = orjson.loads(await tx.value("SELECT parsed FROM emails WHERE id = ?", (multipart["id"],)))
+        await tx.execute("UPDATE emails SET parsed = ? WHERE id = ?",
+                         (orjson.dumps(stored(parsed)), multipart["id"]))
+    assert (await call(mail, "Email/get", args))["list"] == [fresh]
 
 
 @pytest.mark.parametrize("args", [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from jmaple.keys import RUNTIME
-from jmaple.mail.email import ImportItem, Imported, import_messages
+from jmaple.mail.ingest import ImportItem, Imported, import_messages
 from test_mail_import import imported, inbox, mail, message  # noqa: F401  (fixture)
 from test_mail_mailbox import call, error
 

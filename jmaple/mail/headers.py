@@ -36,6 +36,10 @@ _DEFINED_FIELDS = (_ADDRESS_FIELDS - {"resent-reply-to"}) | _ID_FIELDS | _DATE_F
     | _TEXT_FIELDS | {"return-path", "received"}
 _ALL_FORMS = frozenset(FORMS)
 
+# Bump whenever what parse_form returns changes: the convenience properties stored at import
+# (jmaple/mail/ingest.py) under an older version are then derived again from the header fields.
+PARSE_VERSION = 1
+
 CONVENIENCE = {
     "messageId": ("message-id", "MessageIds"),
     "inReplyTo": ("in-reply-to", "MessageIds"),

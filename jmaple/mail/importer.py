@@ -15,7 +15,7 @@ from typing import IO, Any
 from jmaple.core.capability import Command
 from jmaple.core.context import Runtime
 from jmaple.mail import mailbox, storage
-from jmaple.mail.email import ImportItem, import_messages
+from jmaple.mail.ingest import ImportItem, import_messages
 from jmaple.store import changes
 from jmaple.store.blobs import blob_id_of
 from jmaple.store.db import Transaction

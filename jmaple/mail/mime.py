@@ -108,12 +108,9 @@ class Message:
         """Every part, depth first, multiparts included."""
         return self.root.walk()
 
-    def part(self, part_id: str) -> Part | None:
-        """The leaf part with this partId, or None."""
-        for p in self.root.walk():
-            if p.part_id == part_id:
-                return p
-        return None
+    def leaves(self) -> Iterator[Part]:
+        """Every leaf part (those with a partId, each stored as a blob), depth first."""
+        return (p for p in self.root.walk() if p.sub_parts is None)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able form from which `Message.from_dict` rebuilds this object without the raw octets."""
@@ -748,7 +745,7 @@ def body_values(raw: bytes, message: Message, *, fetch_text: bool = False, fetch
     text/* parts chosen by fetchTextBodyValues / fetchHTMLBodyValues / fetchAllBodyValues."""
     chosen: list[Part] = []
     if fetch_all:
-        chosen.extend(p for p in message.root.walk() if p.sub_parts is None)
+        chosen.extend(message.leaves())
     else:
         if fetch_text:
             chosen.extend(message.text_body)

@@ -405,6 +405,16 @@ async def thread_email_ids(conn: Conn, account_id: str, thread_ids: Collection[s
     return out
 
 
+async def email_thread_ids(conn: Conn, account_id: str, email_ids: Collection[str]) -> set[str]:
+    """The threads of those of `email_ids` that exist."""
+    out: set[str] = set()
+    for chunk in _chunks(list(email_ids)):
+        out.update(r[0] for r in await conn.all(
+            f"SELECT DISTINCT thread_id FROM emails WHERE account_id = ? AND id IN ({_marks(chunk)})",
+            (account_id, *chunk)))
+    return out
+
+
 async def threads_by_message_ids(conn: Conn, account_id: str,
                                  message_ids: Collection[str]) -> list[tuple[str, str, str]]:
     """(message id, thread id, the thread's base subject) of every thread that names one of `message_ids`."""

@@ -1,4 +1,4 @@
-"""Thread (RFC 8621 §3): /get; /changes is the generic one. Threading itself happens at import (email.py)."""
+"""Thread (RFC 8621 §3): /get; /changes is the generic one. Threading itself happens at import (ingest.py)."""
 
 from __future__ import annotations
 
