@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +15,7 @@ from jmaple.config import Config, ConfigError
 from jmaple.core.capability import Registry
 from jmaple.keys import RUNTIME
 from jmaple.mail import MAIL, PLUGIN as MAIL_PLUGIN, MailConfig
-from jmaple.mail import storage
+from jmaple.mail import importer, storage
 from jmaple.store import changes
 from jmaple.users import create_user, delete_user
 from test_mail_mailbox import (
@@ -20,6 +23,7 @@ from test_mail_mailbox import (
     mail_plugins, mailboxes,
 )
 
+MAIL_PLUGIN_MIGRATIONS = Path(importer.__file__).parent / "migrations"
 READ_ONLY_RIGHTS = {name: name == "mayReadItems" for name in ALL_RIGHTS}
 
 
@@ -45,8 +49,7 @@ async def test_the_session_lists_the_mail_capability_and_its_account_limits(mail
         "maxMailboxDepth": 16,
         "maxSizeMailboxName": 255,
         "maxSizeAttachmentsPerEmail": 50_000_000,
-        "emailQuerySortOptions": ["receivedAt", "sentAt", "size", "from", "to", "subject", "hasKeyword",
-                                  "allInThreadHaveKeyword", "someInThreadHaveKeyword"],
+        "emailQuerySortOptions": ["receivedAt"],
         "mayCreateTopLevelMailbox": True,
     }
     assert session["primaryAccounts"][MAIL] == mail.account_id
@@ -234,38 +237,146 @@ async def test_an_account_that_is_not_shared_is_not_found(mail, bob):
     assert (name, result["type"]) == ("error", "accountNotFound")
 
 
-# Accounts from before the mail capability (back-fill by the first migration)
+# Accounts the capability has not provisioned yet: from before it was installed, or made while it was disabled
 
-async def test_accounts_from_before_the_mail_capability_get_the_default_mailboxes(tmp_path):
-    """Issue 4: accounts that exist before the capability is installed are back-filled by its first migration."""
+PASSWORD = "correct horse battery staple"
+DEFAULT_SIX = [("Archive", "archive", 4, True), ("Drafts", "drafts", 2, True), ("Inbox", "inbox", 1, True),
+               ("Junk", "junk", 5, True), ("Sent", "sent", 3, True), ("Trash", "trash", 6, True)]
+TWO = [{"name": "Posteingang", "role": "inbox"}, {"name": "Papierkorb", "role": "trash"}]
+
+
+def mail_config(data: Path, **mail_settings: Any) -> Config:
+    return Config.for_tests(data_dir=data, capabilities={"mail": mail_settings})
+
+
+async def view(runtime, *users) -> list[list[tuple[str, str | None, int, bool]]]:
+    """Each user's own mailboxes as (name, role, sortOrder, isSubscribed), sorted; the data is consistent."""
+    async with runtime.db.read() as conn:
+        assert await storage.problems(conn) == []
+        return [sorted((r.name, r.role, r.sort_order, r.is_subscribed)
+                       for r in await storage.mailboxes(conn, u.account_id, u.id)) for u in users]
+
+
+async def started(runtime) -> None:
+    """What the daemon does with the plugin when it starts (its services, run by lifespan)."""
+    async with contextlib.AsyncExitStack() as stack:
+        for service in MAIL_PLUGIN.services:
+            await stack.enter_async_context(service(runtime))
+
+
+async def test_accounts_from_before_the_mail_capability_get_the_configured_mailboxes(tmp_path):
+    """Issue 4 (RFC 8621 §2): accounts that exist before the capability is installed get the mailboxes of
+    [capabilities.mail] default_mailboxes, logged as created (RFC 8620 §5.2), when the plugin starts."""
     data = tmp_path / "data"
-    without = Config.for_tests(data_dir=data, capabilities={"mail": {"enabled": False}})
-    async with open_runtime(without, mail_plugins()) as runtime:
+    async with open_runtime(mail_config(data, enabled=False), mail_plugins()) as runtime:
         assert "mail" not in await runtime.db.schema_versions()
-        alice = await create_user(runtime, "alice@example.org", "Alice", "correct horse battery staple")
-        carol = await create_user(runtime, "carol@example.org", "Carol", "correct horse battery staple")
+        alice = await create_user(runtime, "alice@example.org", "Alice", PASSWORD)
+        carol = await create_user(runtime, "carol@example.org", "Carol", PASSWORD)
         async with runtime.db.write() as tx:     # earlier activity in alice's account
             await changes.bump(tx, alice.account_id, "Other")
             await changes.bump(tx, alice.account_id, "Other")
-    with_mail = Config.for_tests(data_dir=data)
-    async with open_runtime(with_mail, mail_plugins()) as runtime:
-        assert (await runtime.db.schema_versions())["mail"] == 1
+    async with open_runtime(mail_config(data, default_mailboxes=TWO), mail_plugins()) as runtime:
+        assert (await runtime.db.schema_versions())["mail"] == 2
+        await started(runtime)
+        assert await view(runtime, alice, carol) == [[("Papierkorb", "trash", 2, True),
+                                                      ("Posteingang", "inbox", 1, True)]] * 2
         async with runtime.db.read() as conn:
             assert await changes.state(conn, alice.account_id, "Other") == "2"
-            assert await changes.state(conn, alice.account_id, "Mailbox") == "8"
-            assert await changes.state(conn, carol.account_id, "Mailbox") == "6"
+            assert await changes.state(conn, alice.account_id, "Mailbox") == "4"
+            assert await changes.state(conn, carol.account_id, "Mailbox") == "2"
             logged = await changes.since(conn, alice.account_id, "Mailbox", 2, None)
-            assert sorted(c.created_modseq for c in logged) == [3, 4, 5, 6, 7, 8]
-            for user in (alice, carol):
-                rows = await storage.mailboxes(conn, user.account_id, user.id)
-                assert sorted((r.name, r.role, r.sort_order, r.is_subscribed) for r in rows) == [
-                    ("Archive", "archive", 4, True), ("Drafts", "drafts", 2, True), ("Inbox", "inbox", 1, True),
-                    ("Junk", "junk", 5, True), ("Sent", "sent", 3, True), ("Trash", "trash", 6, True)]
-                assert all(r.id.startswith("M") and len(r.id) == 19 for r in rows)
-            assert await storage.problems(conn) == []
-        dave = await create_user(runtime, "dave@example.org", "Dave", "correct horse battery staple")
+            assert sorted(c.created_modseq for c in logged) == [3, 4]
+        dave = await create_user(runtime, "dave@example.org", "Dave", PASSWORD)
+        assert len((await view(runtime, dave))[0]) == 2
+        await started(runtime)    # again: nobody gets a second set
+        assert [len(v) for v in await view(runtime, alice, carol, dave)] == [2, 2, 2]
+
+
+async def test_an_account_created_while_the_plugin_was_disabled_gets_mailboxes_when_it_is_enabled(tmp_path):
+    """Issue 4: the mail migrations ran, then an account was created with the plugin disabled (so without
+    the account-creation hook); enabling the plugin again provisions it, and only it."""
+    data = tmp_path / "data"
+    async with open_runtime(mail_config(data), mail_plugins()) as runtime:
+        alice = await create_user(runtime, "alice@example.org", "Alice", PASSWORD)
+    async with open_runtime(mail_config(data, enabled=False), mail_plugins()) as runtime:
+        bob = await create_user(runtime, "bob@example.org", "Bob", PASSWORD)
+    async with open_runtime(mail_config(data), mail_plugins()) as runtime:
+        await started(runtime)
+        assert await view(runtime, alice, bob) == [DEFAULT_SIX, DEFAULT_SIX]
+
+
+async def test_jmapled_import_into_an_unprovisioned_account_provisions_it_first(tmp_path):
+    """The import fills the configured mailboxes rather than making its own Inbox, and the daemon's later
+    start adds nothing."""
+    data = tmp_path / "data"
+    async with open_runtime(mail_config(data, enabled=False), mail_plugins()) as runtime:
+        bob = await create_user(runtime, "bob@example.org", "Bob", PASSWORD)
+    mbox = tmp_path / "in.mbox"
+    mbox.write_bytes(b"From a@example.org Tue Mar  3 10:00:00 2026\nFrom: a@example.org\nSubject: Hi\n\nHello\n")
+    async with open_runtime(mail_config(data, default_mailboxes=TWO), mail_plugins()) as runtime:
+        report = await importer.run_import(runtime, bob.account_id, mbox, err=io.StringIO())
+        assert report.imported == 1
+        await started(runtime)
+        (boxes,) = await view(runtime, bob)
+        assert boxes == [("Papierkorb", "trash", 2, True), ("Posteingang", "inbox", 1, True)]
         async with runtime.db.read() as conn:
-            assert len(await storage.mailboxes(conn, dave.account_id, dave.id)) == 6
+            counts = {r.name: r.total_emails for r in await storage.mailboxes(conn, bob.account_id, None)}
+        assert counts == {"Posteingang": 1, "Papierkorb": 0}
+
+
+# The back-fill the first migration did before accounts were provisioned by the plugin.
+OLD_BACK_FILL = """
+CREATE TEMP TABLE mail_defaults (name TEXT, role TEXT, sort_order INTEGER);
+INSERT INTO mail_defaults VALUES ('Inbox', 'inbox', 1), ('Drafts', 'drafts', 2), ('Sent', 'sent', 3),
+    ('Archive', 'archive', 4), ('Junk', 'junk', 5), ('Trash', 'trash', 6);
+INSERT INTO mailboxes (account_id, id, name, role, sort_order)
+    SELECT a.id, 'M' || lower(hex(randomblob(9))), d.name, d.role, d.sort_order
+    FROM accounts a CROSS JOIN mail_defaults d;
+INSERT INTO mailbox_subscriptions (user_id, account_id, mailbox_id)
+    SELECT a.owner_id, m.account_id, m.id FROM mailboxes m JOIN accounts a ON a.id = m.account_id;
+INSERT INTO changes (account_id, type, object_id, created_modseq, modseq, full_modseq)
+    SELECT m.account_id, 'Mailbox', m.id, a.modseq + m.n, a.modseq + m.n, a.modseq + m.n
+    FROM (SELECT account_id, id, row_number() OVER (PARTITION BY account_id ORDER BY sort_order) AS n
+          FROM mailboxes) m
+    JOIN accounts a ON a.id = m.account_id;
+UPDATE accounts SET modseq = modseq + (SELECT count(*) FROM mailboxes m WHERE m.account_id = accounts.id)
+    WHERE EXISTS (SELECT 1 FROM mailboxes m WHERE m.account_id = accounts.id);
+UPDATE meta SET value = value + 1 WHERE key = 'seq' AND EXISTS (SELECT 1 FROM mailboxes);
+INSERT INTO type_states (account_id, type, modseq, seq)
+    SELECT a.id, 'Mailbox', a.modseq, (SELECT value FROM meta WHERE key = 'seq')
+    FROM accounts a WHERE EXISTS (SELECT 1 FROM mailboxes m WHERE m.account_id = a.id)
+    ON CONFLICT (account_id, type) DO UPDATE SET modseq = excluded.modseq, seq = excluded.seq;
+DROP TABLE mail_defaults;
+"""
+
+
+async def test_a_data_directory_that_ran_the_old_back_fill_keeps_one_set_of_mailboxes(tmp_path, monkeypatch):
+    """Issue 4: where the first migration back-filled six mailboxes (whatever the configuration said), the
+    accounts are marked provisioned and never get a second set; one whose mailboxes were all destroyed
+    stays without; an account made later while the plugin was disabled is provisioned as configured."""
+    data = tmp_path / "data"
+    old = tmp_path / "old_mail_migrations"
+    old.mkdir()
+    (old / "__init__.py").write_text("")
+    (old / "0001_mail.sql").write_text(
+        (Path(MAIL_PLUGIN_MIGRATIONS) / "0001_mail.sql").read_text() + OLD_BACK_FILL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    async with open_runtime(mail_config(data, enabled=False), mail_plugins()) as runtime:
+        alice = await create_user(runtime, "alice@example.org", "Alice", PASSWORD)
+        carol = await create_user(runtime, "carol@example.org", "Carol", PASSWORD)
+        await runtime.db.migrate([("mail", "old_mail_migrations")])
+        async with runtime.db.write() as tx:    # carol destroyed all of hers
+            await tx.execute("DELETE FROM mailboxes WHERE account_id = ?", (carol.account_id,))
+        dave = await create_user(runtime, "dave@example.org", "Dave", PASSWORD)
+    async with open_runtime(mail_config(data, default_mailboxes=TWO), mail_plugins()) as runtime:
+        assert (await runtime.db.schema_versions())["mail"] == 2
+        async with runtime.db.read() as conn:
+            before = await storage.mailboxes(conn, alice.account_id, None)
+        await started(runtime)
+        assert await view(runtime, alice, carol, dave) == [
+            DEFAULT_SIX, [], [("Papierkorb", "trash", 2, True), ("Posteingang", "inbox", 1, True)]]
+        async with runtime.db.read() as conn:
+            assert await storage.mailboxes(conn, alice.account_id, None) == before
 
 
 async def test_back_filled_mailboxes_are_in_the_change_log_over_http(aiohttp_client, tmp_path):

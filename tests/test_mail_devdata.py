@@ -97,3 +97,31 @@ async def test_seeding_imports_once_and_the_same_mail_everywhere(tmp_path):
     assert shapes[1] > 30 and sum(n for size, n in shapes.items() if size >= 3) > 30
     _, _, other = await seeded_view(tmp_path / "two")
     assert other == view
+
+
+async def test_a_demo_account_emptied_by_its_user_is_not_seeded_again(tmp_path):
+    """Issue 4: `jmapled dev` seeds its demo account once per data directory: after the user destroyed all
+    the demo mail, a restart leaves the account empty."""
+    config = Config.from_dict({"server": {"data_dir": str(tmp_path / "data")}, "auth": {"scrypt_n": 1024}})
+    async with open_runtime(config) as runtime:
+        await ensure_demo_user(runtime)
+        await seed_dev_data(runtime)
+        account_id = (await find_user(runtime, DEV_LOGIN)).account_id
+        async with runtime.db.write() as tx:
+            ids = await storage.query_email_ids(tx, account_id, None, ascending=True, collapse_threads=False)
+            assert len(ids) == len(devdata.generate())
+            await storage.destroy_emails(tx, account_id, ids)
+    async with open_runtime(config) as runtime:    # a restart
+        await ensure_demo_user(runtime)
+        await seed_dev_data(runtime)
+        assert await devdata.seed(runtime, account_id) == 0
+        async with runtime.db.read() as conn:
+            assert await storage.query_email_ids(conn, account_id, None, ascending=True,
+                                                 collapse_threads=False) == []
+            assert len(await storage.mailboxes(conn, account_id, None)) == 6
+        # A data directory seeded before the marker existed: its Email state has moved, so it is only marked.
+        async with runtime.db.write() as tx:
+            await tx.execute("UPDATE mail_accounts SET demo_seeded_at = NULL")
+        assert await devdata.seed(runtime, account_id) == 0
+        async with runtime.db.read() as conn:
+            assert await storage.is_demo_seeded(conn, account_id)

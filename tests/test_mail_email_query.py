@@ -76,7 +76,9 @@ async def test_two_mailboxes_anded(mail, four):  # noqa: F811
     ({"sort": [{"property": "subject"}]}, "unsupportedSort"),
     ({"sort": [{"property": "receivedAt", "isAscending": "yes"}]}, "invalidArguments"),
     ({"sort": "receivedAt"}, "invalidArguments"),
-    ({"sort": [{"property": "receivedAt", "extra": 1}]}, "invalidArguments"),
+    ({"sort": [{"property": "receivedAt", "collation": 1}]}, "invalidArguments"),
+    ({"sort": [{"isAscending": True}]}, "invalidArguments"),
+    ({"sort": [5]}, "invalidArguments"),
     ({"position": "1"}, "invalidArguments"),
     ({"limit": -1}, "invalidArguments"),
     ({"anchor": 5}, "invalidArguments"),
@@ -86,6 +88,40 @@ async def test_two_mailboxes_anded(mail, four):  # noqa: F811
 ])
 async def test_query_rejects_bad_arguments(mail, args, kind):  # noqa: F811
     assert (await error(mail, "Email/query", args))["type"] == kind
+
+
+async def test_unknown_comparator_properties_are_ignored_as_jmapc_sends_them(mail, four):  # noqa: F811
+    """RFC 8620 §5.5: a data type may define extra Comparator properties; jmapc serialises anchorOffset,
+    calculateTotal and position into every Comparator. They are ignored, not invalidArguments."""
+    import jmapc
+
+    box = await inbox(mail)
+    comparator = jmapc.Comparator(property="receivedAt", is_ascending=False).to_dict()
+    assert set(comparator) > {"property", "isAscending"}
+    result = await call(mail, "Email/query", {"filter": {"inMailbox": box}, "sort": [comparator]})
+    assert result["ids"] == [four[3], four[2], four[1], four[0]]
+    ascending = {**jmapc.Comparator(property="receivedAt").to_dict(), "keyword": "$seen", "x-vendor": [1]}
+    result = await call(mail, "Email/query", {"filter": {"inMailbox": box}, "sort": [ascending]})
+    assert result["ids"] == [four[0], four[1], four[2], four[3]]
+    state = result["queryState"]
+    changes = await call(mail, "Email/queryChanges", {"filter": {"inMailbox": box}, "sort": [ascending],
+                                                      "sinceQueryState": state})
+    assert changes["added"] == [] and changes["removed"] == []
+
+
+async def test_email_query_sort_options_lists_exactly_the_supported_sorts(mail, four):  # noqa: F811
+    """RFC 8621 §1.3.1 emailQuerySortOptions: "a list of all the values the server supports for the
+    property field of the Comparator"; every one listed works, and nothing else is listed."""
+    resp = await mail.get("/jmap/session", headers=mail.headers())
+    options = (await resp.json())["accounts"][mail.account_id]["accountCapabilities"][
+        "urn:ietf:params:jmap:mail"]["emailQuerySortOptions"]
+    assert options == ["receivedAt"]
+    for prop in options:
+        for ascending in (True, False):
+            result = await call(mail, "Email/query", {"sort": [{"property": prop, "isAscending": ascending}]})
+            assert len(result["ids"]) == 5
+    for prop in ("sentAt", "size", "from", "to", "subject", "hasKeyword"):
+        assert (await error(mail, "Email/query", {"sort": [{"property": prop}]}))["type"] == "unsupportedSort"
 
 
 async def test_deep_filter_nesting_is_refused(mail):  # noqa: F811

@@ -30,7 +30,7 @@ async def one(mail):  # noqa: F811
 
 async def test_keyword_patches_and_whole_replacement(mail, one):  # noqa: F811
     """RFC 8621 §4.6: keywords change whole or by patch, and come back lower-case."""
-    result = await call(mail, "Email/set", {"update": {one["id"]: {"keywords/$Seen": True,
+    result = await call(mail, "Email/set", {"update": {one["id"]: {"keywords/$seen": True,
                                                                    "keywords/$flagged": None}}})
     assert result["updated"] == {one["id"]: None} and result["oldState"] != result["newState"]
     assert (await get(mail, one["id"], "keywords"))["keywords"] == {"$seen": True}
@@ -38,6 +38,22 @@ async def test_keyword_patches_and_whole_replacement(mail, one):  # noqa: F811
     await call(mail, "Email/set", {"update": {one["id"]: {"keywords": {"Work": True, "$answered": True}}}})
     assert (await get(mail, one["id"], "keywords"))["keywords"] == {"work": True, "$answered": True}
     await counts_are_consistent(mail)
+
+
+async def test_a_keyword_stored_in_lower_case_is_returned_in_updated(mail, one):  # noqa: F811
+    """RFC 8620 §5.3 updated: "a Foo object containing any property that changed in a way *not* explicitly
+    requested by the PatchObject", or null. Keywords are stored lower-case (RFC 8621 §4.1.1), so a patch
+    naming $Seen or $Flagged gets the whole keywords back."""
+    result = await call(mail, "Email/set", {"update": {one["id"]: {"keywords/$Seen": True,
+                                                                   "keywords/$flagged": None}}})
+    assert result["updated"] == {one["id"]: {"keywords": {"$seen": True}}}
+    result = await call(mail, "Email/set", {"update": {one["id"]: {"keywords": {"Work": True, "$seen": True}}}})
+    assert result["updated"] == {one["id"]: {"keywords": {"$seen": True, "work": True}}}
+    assert (await get(mail, one["id"], "keywords"))["keywords"] == {"$seen": True, "work": True}
+    result = await call(mail, "Email/set", {"update": {one["id"]: {"keywords/$Flagged": None}}})
+    assert result["updated"] == {one["id"]: {"keywords": {"$seen": True, "work": True}}}
+    result = await call(mail, "Email/set", {"update": {one["id"]: {"keywords/$flagged": True}}})
+    assert result["updated"] == {one["id"]: None}
 
 
 async def test_mailbox_moves_by_patch_and_whole(mail, one):  # noqa: F811

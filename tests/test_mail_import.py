@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import base64
+import io
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from conftest import add_user, basic, share
+from jmaple.app import open_runtime
+from jmaple.config import Config
 from jmaple.keys import RUNTIME
-from jmaple.mail import storage
-from test_mail_mailbox import MAIL_USING, call, error, mail_client, mailboxes
+from jmaple.mail import importer, storage
+from jmaple.mail.ingest import ImportItem, import_messages
+from jmaple.users import create_user
+from test_mail_mailbox import MAIL_USING, call, error, mail_client, mail_plugins, mailboxes
 
 CORPUS = sorted((Path(__file__).parent / "corpus" / "mail").glob("*.eml"))
 
@@ -217,6 +224,96 @@ async def test_parse_default_properties(mail):
                           "attachments"}
 
 
+INNER = ("From: Inner <inner@example.org>\r\nSubject: Inner\r\nMIME-Version: 1.0\r\n"
+         "Content-Type: multipart/mixed; boundary=\"in\"\r\n\r\n"
+         "--in\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nInner text.\r\n"
+         "--in\r\nContent-Type: application/pdf; name=\"inner.pdf\"\r\n"
+         "Content-Disposition: attachment; filename=\"inner.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+         + base64.b64encode(b"%PDF-1.4 inner").decode() + "\r\n--in--\r\n")
+FORWARD = message("Fwd: Inner", "fwd@x",
+                  extra='MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="out"\r\n',
+                  body="--out\r\nContent-Type: text/plain\r\n\r\nSee attached.\r\n"
+                       "--out\r\nContent-Type: message/rfc822\r\n"
+                       "Content-Disposition: attachment; filename=\"f.eml\"\r\n\r\n" + INNER + "\r\n--out--\r\n")
+
+
+async def download(client, blob_id: str, account_id: str | None = None) -> bytes | None:
+    resp = await client.get(f"/jmap/download/{account_id or client.account_id}/{blob_id}/x",
+                            headers=client.headers())
+    return await resp.read() if resp.status == 200 else None
+
+
+def leaves(part: dict[str, Any]) -> list[dict[str, Any]]:
+    return [part] if part["subParts"] is None else [p for sub in part["subParts"] for p in leaves(sub)]
+
+
+async def test_every_part_of_an_attached_message_parsed_from_its_blob_downloads(mail):
+    """RFC 8621 §4.1.4: blobId is null "if, and only if, the part is of type multipart/*"; §4.9: Email/parse
+    of the blob of an attached message (message/rfc822) gives its parts blobIds that download their decoded
+    content, although parsing stores no Email."""
+    outer = await imported(mail, FORWARD)
+    got = await call(mail, "Email/get", {"ids": [outer["id"]], "properties": ["attachments"]})
+    attached = got["list"][0]["attachments"][0]
+    assert attached["type"] == "message/rfc822"
+    assert await download(mail, attached["blobId"]) == INNER.encode()
+    result = await call(mail, "Email/parse", {"blobIds": [attached["blobId"]],
+                                              "properties": ["blobId", "subject", "bodyStructure", "attachments",
+                                                             "textBody", "bodyValues"],
+                                              "fetchTextBodyValues": True})
+    email = result["parsed"][attached["blobId"]]
+    assert email["subject"] == "Inner" and email["blobId"] == attached["blobId"]
+    parts = leaves(email["bodyStructure"])
+    assert [p["type"] for p in parts] == ["text/plain", "application/pdf"]
+    assert all(p["blobId"] is not None for p in parts)
+    assert email["bodyStructure"]["blobId"] is None   # multipart/mixed
+    pdf = email["attachments"][0]
+    assert pdf["name"] == "inner.pdf" and pdf["blobId"] == parts[1]["blobId"]
+    assert await download(mail, pdf["blobId"]) == b"%PDF-1.4 inner"
+    assert await download(mail, email["textBody"][0]["blobId"]) == b"Inner text."
+    assert email["bodyValues"] == {"1": {"value": "Inner text.", "isEncodingProblem": False, "isTruncated": False}}
+    # Nothing was stored but the blobs: still one Email in the account.
+    assert (await call(mail, "Email/query", {}))["ids"] == [outer["id"]]
+
+
+async def test_parse_of_an_upload_gives_downloadable_part_blobs_to_the_caller_only(aiohttp_client, tmp_path):
+    """RFC 8620 §6.1: the part blobs Email/parse makes readable are the caller's, like an upload."""
+    mail = await mail_client(aiohttp_client, tmp_path)
+    bob = await add_user(mail, "bob@example.org")
+    await share(mail, "bob@example.org", "alice@example.org", may_write=True)
+    blob = await mail.upload(FORWARD, "message/rfc822")
+    result = await call(mail, "Email/parse", {"blobIds": [blob["blobId"]], "properties": ["bodyStructure"]})
+    parts = leaves(result["parsed"][blob["blobId"]]["bodyStructure"])
+    assert [p["type"] for p in parts] == ["text/plain", "message/rfc822"]
+    assert await download(mail, parts[0]["blobId"]) == b"See attached."
+    assert await download(mail, parts[1]["blobId"]) == INNER.encode()
+    mail.auth = basic("bob@example.org")
+    assert await download(mail, parts[0]["blobId"]) is None
+    assert bob.account_id != mail.account_id
+
+
+async def test_parse_of_a_blob_with_nul_octets_is_consistent(mail):
+    """RFC 8621 §4.9 with §4.8: the message is parsed as it would be imported, without its NUL octets; its
+    bodyValues come from those octets, and blobId and size are those of that message (which downloads)."""
+    raw = ("From: a\x00lice@example.org\r\nX-Pad: \x00\x00\x00\x00\x00\x00\x00\x00\r\nSubject: Nul\r\n"
+           "MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=\"b\"\r\n\r\n"
+           "--b\r\nContent-Type: text/plain\r\n\r\nPlain \x00text.\r\n"
+           "--b\r\nContent-Type: text/html\r\n\r\n<p>HTML text.</p>\r\n--b--\r\n").encode()
+    fixed = raw.replace(b"\x00", b"")
+    blob = await mail.upload(raw, "message/rfc822")
+    result = await call(mail, "Email/parse", {"blobIds": [blob["blobId"]],
+                                              "properties": ["blobId", "size", "bodyValues", "textBody", "htmlBody"],
+                                              "fetchAllBodyValues": True})
+    email = result["parsed"][blob["blobId"]]
+    assert email["bodyValues"] == {
+        "1": {"value": "Plain text.", "isEncodingProblem": False, "isTruncated": False},
+        "2": {"value": "<p>HTML text.</p>", "isEncodingProblem": False, "isTruncated": False}}
+    assert email["size"] == len(fixed) and email["blobId"] != blob["blobId"]
+    assert await download(mail, email["blobId"]) == fixed
+    assert await download(mail, email["textBody"][0]["blobId"]) == b"Plain text."
+    created = await imported(mail, raw)
+    assert (created["blobId"], created["size"]) == (email["blobId"], email["size"])
+
+
 @pytest.mark.parametrize("args", [{}, {"blobIds": None}, {"blobIds": "x"}, {"blobIds": [], "properties": ["x"]},
                                   {"blobIds": [], "ids": []}])
 async def test_parse_rejects_bad_arguments(mail, args):
@@ -232,3 +329,58 @@ async def test_a_message_with_many_identical_parts_stores_their_content_once(mai
     got = await call(mail, "Email/get", {"ids": [created["id"]], "properties": ["attachments"]})
     attachments = got["list"][0]["attachments"]
     assert len(attachments) == 300 and len({a["blobId"] for a in attachments}) == 1
+
+
+# --- maxSizeAttachmentsPerEmail (§1.3.1) ------------------------------------------------------------------------
+
+def with_attachment(size: int, message_id: str) -> bytes:
+    data = base64.b64encode(b"x" * size).decode()
+    return message("Attached", message_id,
+                   extra='MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n',
+                   body="--b\r\nContent-Type: text/plain\r\n\r\nSee attached.\r\n"
+                        "--b\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment\r\n"
+                        "Content-Transfer-Encoding: base64\r\n\r\n" + data + "\r\n--b--\r\n")
+
+
+async def test_import_and_copy_refuse_attachments_over_the_limit_as_too_large(aiohttp_client, tmp_path):
+    """RFC 8621 §1.3.1 maxSizeAttachmentsPerEmail: "the maximum total size of attachments, in octets, allowed
+    for a single Email object" (unencoded); §4.8: each import that fails gets its SetError, here the standard
+    tooLarge (RFC 8620 §5.3), and so does a copy (§4.7)."""
+    mail = await mail_client(aiohttp_client, tmp_path, max_size_attachments_per_email=1000)
+    box = await inbox(mail)
+    small = await mail.upload(with_attachment(1000, "small@x"), "message/rfc822")
+    large = await mail.upload(with_attachment(1001, "large@x"), "message/rfc822")
+    result = await call(mail, "Email/import", {"emails": {
+        "small": {"blobId": small["blobId"], "mailboxIds": {box: True}},
+        "large": {"blobId": large["blobId"], "mailboxIds": {box: True}}}})
+    assert list(result["created"]) == ["small"]
+    assert result["notCreated"]["large"]["type"] == "tooLarge"
+    assert (await call(mail, "Email/query", {}))["ids"] == [result["created"]["small"]["id"]]
+
+    # A message that got in another way (delivery, `jmapled import`) cannot be copied to an account.
+    runtime = mail.app[RUNTIME]
+    async with runtime.db.write() as tx:
+        (stored,) = await import_messages(tx, runtime, mail.account_id,
+                                          [ImportItem(with_attachment(5000, "old@x"), (box,))])
+    bob = await add_user(mail, "bob@example.org")
+    await share(mail, "bob@example.org", "alice@example.org", may_write=False)
+    mail.auth, mail.account_id = basic("bob@example.org"), bob.account_id
+    bob_box = await inbox(mail)
+    copied = await call(mail, "Email/copy", {"fromAccountId": result["accountId"],
+                                             "create": {"a": {"id": stored.id, "mailboxIds": {bob_box: True}},
+                                                        "b": {"id": result["created"]["small"]["id"],
+                                                              "mailboxIds": {bob_box: True}}}})
+    assert list(copied["created"]) == ["b"] and copied["notCreated"]["a"]["type"] == "tooLarge"
+
+
+async def test_jmapled_import_keeps_messages_over_the_attachment_limit(tmp_path):
+    """maxSizeAttachmentsPerEmail bounds what a client adds through JMAP (RFC 8621 §1.3.1 describes it as a
+    limit for the client to enforce); an operator importing an archive keeps every message."""
+    config = Config.for_tests(data_dir=tmp_path / "data",
+                              capabilities={"mail": {"max_size_attachments_per_email": 100}})
+    mbox = tmp_path / "old.mbox"
+    mbox.write_bytes(b"From bob@example.org Tue Mar  3 10:00:00 2026\n" + with_attachment(5000, "big@x"))
+    async with open_runtime(config, mail_plugins()) as runtime:
+        user = await create_user(runtime, "alice@example.org", "Alice", "correct horse battery staple")
+        report = await importer.run_import(runtime, user.account_id, mbox, err=io.StringIO())
+        assert (report.imported, report.failed) == (1, [])

@@ -406,6 +406,88 @@ async def test_roles_must_be_known_lower_case_and_unique(mail):
     assert (got["Junk"]["role"], got["Sent"]["role"]) == (None, "junk")
 
 
+async def test_two_mailboxes_may_swap_names_in_one_call(mail):
+    """RFC 8620 §5.3: "A single method call could rename an object A => B and simultaneously rename another
+    object B => A. If the final state is valid, this is allowed"; RFC 8621 §2 asks unique sibling names."""
+    ids = await ids_by_name(mail)
+    state = await mailbox_state(mail)
+    result = await set_mailboxes(mail, update={ids["Junk"]: {"name": "Archive"}, ids["Archive"]: {"name": "Junk"}})
+    assert result["updated"] == {ids["Junk"]: None, ids["Archive"]: None} and result["notUpdated"] is None
+    got = await mailboxes(mail)
+    assert (got["Archive"]["id"], got["Archive"]["role"]) == (ids["Junk"], "junk")
+    assert (got["Junk"]["id"], got["Junk"]["role"]) == (ids["Archive"], "archive")
+    changed = await call(mail, "Mailbox/changes", {"sinceState": state})
+    assert sorted(changed["updated"]) == sorted([ids["Junk"], ids["Archive"]])
+    assert changed["newState"] == result["newState"] == await mailbox_state(mail)
+    # Three in a ring, and two that move together under a mailbox created in the same call.
+    made = await create(mail, p={"name": "P"}, a={"name": "A"}, b={"name": "B", "parentId": "#p"})
+    result = await set_mailboxes(mail, update={
+        ids["Sent"]: {"name": "Drafts"}, ids["Drafts"]: {"name": "Trash"}, ids["Trash"]: {"name": "Sent"},
+        made["a"]: {"parentId": made["p"], "name": "B"}, made["b"]: {"parentId": None, "name": "A"}})
+    assert result["notUpdated"] is None and len(result["updated"]) == 5
+    got = await mailboxes(mail)
+    assert {n: got[n]["id"] for n in ("Drafts", "Trash", "Sent", "A", "B")} == {
+        "Drafts": ids["Sent"], "Trash": ids["Drafts"], "Sent": ids["Trash"], "A": made["b"], "B": made["a"]}
+    assert (got["A"]["parentId"], got["B"]["parentId"]) == (None, made["p"])
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["taken-then-given-up", "given-up-then-taken"])
+async def test_a_role_passes_between_mailboxes_in_either_order(mail, reverse):
+    """RFC 8621 §2 role: "there MUST NOT be two Mailboxes in the same account with the same role"; RFC 8620
+    §5.3: only the final state must be valid, so the order of the updates does not matter. The trash rule of
+    unreadThreads follows the role."""
+    ids = await ids_by_name(mail)
+    await add_emails(mail, email([ids["Junk"]], thread="t1"), email([ids["Trash"]], thread="t1"),
+                     email([ids["Inbox"]], thread="t2"), email([ids["Trash"]], thread="t2"))
+    update = {ids["Junk"]: {"role": "trash"}, ids["Trash"]: {"role": None}}
+    if reverse:
+        update = dict(reversed(update.items()))
+    result = await set_mailboxes(mail, update=update)
+    assert result["notUpdated"] is None and set(result["updated"]) == {ids["Junk"], ids["Trash"]}
+    got = await mailboxes(mail)
+    assert [name for name, m in got.items() if m["role"] == "trash"] == ["Junk"]
+    assert got["Trash"]["role"] is None
+    await assert_counts_consistent(mail)
+
+
+async def test_updates_that_really_collide_are_refused_and_write_nothing(mail):
+    """RFC 8621 §2: a duplicate sibling name is alreadyExists with existingId (RFC 8620 §5.3), a role taken
+    by a mailbox that keeps it is invalidProperties [role]; each refused update changes nothing (§5.3: an
+    update is atomic), whatever else the call does."""
+    ids = await ids_by_name(mail)
+    result = await set_mailboxes(mail, update={ids["Junk"]: {"role": "trash", "sortOrder": 9},
+                                               ids["Trash"]: {"name": "Bin"}})
+    assert result["notUpdated"] == {ids["Junk"]: {
+        "type": "invalidProperties", "properties": ["role"],
+        "description": f"mailbox {ids['Trash']} already has the role trash"}}
+    assert result["updated"] == {ids["Trash"]: None}
+    got = await mailboxes(mail)
+    assert (got["Junk"]["role"], got["Junk"]["sortOrder"], got["Bin"]["role"]) == ("junk", 5, "trash")
+    # Two updates taking one name: the first gets it.
+    for first, second in ((ids["Sent"], ids["Drafts"]), (ids["Drafts"], ids["Sent"])):
+        result = await set_mailboxes(mail, update={first: {"name": "Same"}, second: {"name": "Same"}})
+        assert result["updated"] == {first: None}
+        assert result["notUpdated"][second] == {
+            "type": "alreadyExists", "description": "a sibling mailbox has this name", "existingId": first}
+        await set_mailboxes(mail, update={first: {"name": f"Was {first}"}})
+    # A name is free only if the update giving it up succeeds: a refused one keeps it, and so does a
+    # mailbox whose update moves it elsewhere in vain.
+    for giving_up in ({"name": "Old", "sortOrder": -1}, {"name": "Old", "parentId": "Mnope"},
+                      {"name": "Old", "role": "spam"}):
+        result = await set_mailboxes(mail, update={ids["Archive"]: giving_up, ids["Junk"]: {"name": "Archive"}})
+        assert set(result["notUpdated"]) == {ids["Archive"], ids["Junk"]}
+        assert result["notUpdated"][ids["Junk"]]["existingId"] == ids["Archive"]
+        assert result["updated"] is None
+    # A chain: Archive gives its name up, and the name it takes was wanted by a later update too.
+    result = await set_mailboxes(mail, update={ids["Archive"]: {"name": "Old"}, ids["Junk"]: {"name": "Archive"},
+                                               ids["Inbox"]: {"name": "Old"}})
+    assert set(result["updated"]) == {ids["Archive"], ids["Junk"]}
+    assert result["notUpdated"][ids["Inbox"]]["existingId"] == ids["Archive"]
+    got = await ids_by_name(mail)
+    assert (got["Old"], got["Archive"], got["Inbox"]) == (ids["Archive"], ids["Junk"], ids["Inbox"])
+    await assert_counts_consistent(mail)
+
+
 async def test_the_inbox_cannot_be_destroyed_but_loses_that_protection_with_its_role(mail):
     """RFC 8621 §2 myRights.mayDelete is false for the inbox; destroying it is forbidden."""
     ids = await ids_by_name(mail)

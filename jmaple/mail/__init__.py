@@ -13,9 +13,9 @@ from jmaple.store.accounts import Access
 
 MAIL = "urn:ietf:params:jmap:mail"
 
-# RFC 8621 §1.3.1 emailQuerySortOptions: what Email/query sorts by (kept in step with it).
-EMAIL_QUERY_SORT_OPTIONS = ("receivedAt", "sentAt", "size", "from", "to", "subject", "hasKeyword",
-                            "allInThreadHaveKeyword", "someInThreadHaveKeyword")
+# RFC 8621 §1.3.1 emailQuerySortOptions: exactly what Email/query sorts by (query.SORT_PROPERTIES);
+# the search issue adds the rest of §4.4.2.
+EMAIL_QUERY_SORT_OPTIONS = query.SORT_PROPERTIES
 MIN_SIZE_MAILBOX_NAME = 100    # RFC 8621 §1.3.1: maxSizeMailboxName is at least 100
 
 
@@ -173,6 +173,7 @@ PLUGIN = Plugin(
     migrations="jmaple.mail.migrations",
     parse_config=MailConfig.from_toml,
     on_account_created=mailbox.create_defaults,
+    services=(mailbox.provisioning_service,),
     checks=(mailbox.check,),
     commands=(importer.command,),
     dev_seed=devdata.seed,

@@ -13,7 +13,8 @@ from datetime import datetime, timezone
 from email.utils import format_datetime
 
 from jmaple.core.context import Runtime
-from jmaple.mail import importer, storage
+from jmaple.mail import importer, mailbox, storage
+from jmaple.store import changes
 
 log = logging.getLogger(__name__)
 
@@ -226,14 +227,21 @@ def generate(seed: int = SEED, threads: int = THREADS) -> list[DevMessage]:
     return out
 
 
-async def has_emails(runtime: Runtime, account_id: str) -> bool:
-    async with runtime.db.read() as conn:
-        return any(m.total_emails for m in await storage.mailboxes(conn, account_id, None))
-
-
 async def seed(runtime: Runtime, account_id: str) -> int:
-    """Fill the account with the demo messages unless it has emails already; returns how many were imported."""
-    if await has_emails(runtime, account_id):
+    """Fill the account with the demo messages once per data directory; returns how many were imported.
+
+    A marker (mail_accounts.demo_seeded_at) records the seeding, so a demo account the user has emptied
+    stays empty across restarts. An account whose Email state has moved before there was a marker was
+    seeded by an earlier version (or holds mail of its own): it is only marked.
+    """
+    async with runtime.db.read() as conn:
+        if await storage.is_demo_seeded(conn, account_id):
+            return 0
+        had_mail = await changes.state(conn, account_id, "Email") != "0"
+    if had_mail:
+        async with runtime.db.write() as tx:
+            await mailbox.provision(tx, account_id, runtime)
+            await storage.mark_demo_seeded(tx, account_id)
         return 0
     messages = generate()
     sources = [importer.Source(f"demo message {n}", m.folder, m.keywords, False, m.received_at, raw=m.raw)
@@ -243,4 +251,6 @@ async def seed(runtime: Runtime, account_id: str) -> int:
     for failure in report.failed:
         log.warning("demo data: %s", failure)
     log.info("demo data: %d messages imported", report.imported)
+    async with runtime.db.write() as tx:
+        await storage.mark_demo_seeded(tx, account_id)   # import_sources provisioned the account
     return report.imported

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,11 +21,23 @@ from jmaple.mail import mailbox as mailbox_module
 from jmaple.mail import mime, storage
 from jmaple.mail.compose import compose, id_set, invalid, keyword_set, parse_utc_date
 from jmaple.mail.headers import convenience_properties, header_property, headers_json, parse_header_property
-from jmaple.mail.ingest import MAX_KEYWORDS, ImportItem, import_messages, keyword, read_parsed
+from jmaple.mail.ingest import (
+    MAX_KEYWORDS, ImportItem, import_messages, keyword, part_contents, read_parsed, without_nul,
+)
 from jmaple.store import changes
+from jmaple.store.blobs import blob_id_of
+from jmaple.store.db import Transaction
+
+log = logging.getLogger(__name__)
 
 
 # --- Email/import (RFC 8621 §4.8) -----------------------------------------------------------------------------
+
+def _max_attachments(ctx: MethodContext) -> int:
+    """RFC 8621 §1.3.1 maxSizeAttachmentsPerEmail: enforced on every Email a client adds (set, import, copy);
+    a larger one is the standard SetError tooLarge (RFC 8620 §5.3)."""
+    return mailbox_module.settings(ctx.runtime).max_size_attachments_per_email
+
 
 _IMPORT_KEYS = frozenset({"blobId", "mailboxIds", "keywords", "receivedAt"})
 
@@ -78,7 +91,7 @@ async def email_import(ctx: MethodContext, args: dict[str, Any]) -> dict[str, An
             continue
         pending.append((cid, ImportItem(raw, tuple(boxes), tuple(words), received)))
     results = await import_messages(ctx.conn, ctx.runtime, ctx.account_id,  # type: ignore[arg-type]
-                                    [item for _, item in pending])
+                                    [item for _, item in pending], max_attachment_bytes=_max_attachments(ctx))
     created: dict[str, Any] = {}
     for (cid, _), result in zip(pending, results):
         if isinstance(result, SetError):
@@ -141,9 +154,8 @@ class GetArgs:
                 mime.check_body_properties(body_properties)
             except ValueError as exc:
                 raise invalid_arguments(f"bodyProperties: {exc}") from None
+        # RFC 8621 §4.2: 0 (the default) means no truncation; only a negative value is invalid.
         max_bytes = a.int("maxBodyValueBytes", 0, minimum=0)
-        if "maxBodyValueBytes" in args and max_bytes == 0:
-            raise invalid_arguments("maxBodyValueBytes must be greater than 0")
         if ids_argument == "ids":
             properties = ["id", *properties]   # RFC 8620 §5.1: id is always returned
         return cls(ids, tuple(dict.fromkeys(properties)),
@@ -343,6 +355,19 @@ def _apply_patch(ctx: MethodContext, patch: dict[str, Any], state: storage.Email
     return boxes, words
 
 
+def _changes_keyword_case(patch: dict[str, Any]) -> bool:
+    """Whether a (valid) patch names a keyword in other than lower case."""
+    for path, value in patch.items():
+        if path == "keywords":
+            if any(k != k.lower() for k in value):
+                return True
+        elif path.startswith("keywords/"):
+            key = _unescape(path[len("keywords/"):])
+            if key != key.lower():
+                return True
+    return False
+
+
 async def _update(ctx: MethodContext, update: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     settings = mailbox_module.settings(ctx.runtime)
     ids = {key: ctx.resolve_id(key) or key for key in update}
@@ -376,7 +401,10 @@ async def _update(ctx: MethodContext, update: dict[str, Any]) -> tuple[dict[str,
             continue
         new_boxes[email_id] = boxes
         new_words[email_id] = words
-        updated[email_id] = None
+        # RFC 8620 §5.3: a value the server changed beyond the patch is returned. Keywords are stored
+        # lower-case (§4.1.1), so one sent in another case comes back with the whole keywords set.
+        updated[email_id] = {"keywords": dict.fromkeys(sorted(words), True)} \
+            if _changes_keyword_case(patch) else None
     await storage.update_emails(ctx.conn, ctx.account_id, mailbox_ids=new_boxes,  # type: ignore[arg-type]
                                 keywords=new_words)
     return updated, not_updated
@@ -429,7 +457,8 @@ async def _create(ctx: MethodContext, create: dict[str, Any]) -> tuple[dict[str,
         except SetFailure as exc:
             not_created[cid] = exc.error.to_json()
             continue
-        result = (await import_messages(ctx.conn, ctx.runtime, ctx.account_id, [item]))[0]  # type: ignore[arg-type]
+        result = (await import_messages(ctx.conn, ctx.runtime, ctx.account_id, [item],  # type: ignore[arg-type]
+                                        max_attachment_bytes=_max_attachments(ctx)))[0]
         if isinstance(result, SetError):
             not_created[cid] = result.to_json()
             continue
@@ -444,10 +473,38 @@ async def _create(ctx: MethodContext, create: dict[str, Any]) -> tuple[dict[str,
 _NOT_STORED = ("id", "threadId", "mailboxIds", "keywords", "receivedAt")
 
 
-async def email_parse(ctx: MethodContext, args: dict[str, Any]) -> dict[str, Any]:
-    """Email/parse (RFC 8621 §4.9): Email objects from blobs holding messages, without storing anything.
+async def _make_readable(ctx: MethodContext, contents: dict[str, bytes]) -> None:
+    """Let the caller download these blobs (blobId -> content): those they cannot read yet become their
+    uploads in the account, with an upload's lifetime and quota (RFC 8620 §6.1), as if they had uploaded
+    them. Nothing else is stored. Called from a read-only method: opens its own write transaction."""
+    blobs = ctx.runtime.blobs
+    readable = await blobs.readable(ctx.conn, ctx.account_id, contents, user_id=ctx.principal.user_id)
+    missing = {blob_id: data for blob_id, data in contents.items() if blob_id not in readable}
+    if not missing:
+        return
+    await asyncio.gather(*(blobs.write(data) for data in missing.values()))
+    if isinstance(ctx.conn, Transaction):
+        await _grant(ctx, ctx.conn, missing)
+    else:
+        async with ctx.runtime.db.write() as tx:
+            await _grant(ctx, tx, missing)
 
-    Body parts of a parsed blob are not stored, so their blobId is null.
+
+async def _grant(ctx: MethodContext, tx: Transaction, missing: dict[str, bytes]) -> None:
+    for blob_id, data in missing.items():
+        await ctx.runtime.blobs.register(tx, blob_id, data)
+    _, refused = await ctx.runtime.blobs.grant_upload(tx, ctx.account_id, ctx.principal.user_id, list(missing))
+    if refused:
+        log.warning("Email/parse (call %s): %d part blobs do not fit in the upload quota of %s and cannot be "
+                    "downloaded", ctx.call_id, len(refused), ctx.principal.login)
+
+
+async def email_parse(ctx: MethodContext, args: dict[str, Any]) -> dict[str, Any]:
+    """Email/parse (RFC 8621 §4.9): Email objects from blobs holding messages, without storing any Email.
+
+    The message is parsed as Email/import would store it (NUL octets dropped: then blobId and size are
+    those of the message without them). Every blobId returned can be downloaded: the message and its
+    parts become the caller's uploads when they cannot read them already.
     """
     g = GetArgs.parse(ctx, args, ids_argument="blobIds")
     blob_ids = list(dict.fromkeys(ctx.resolve_id(b) or b for b in g.ids or []))
@@ -456,24 +513,45 @@ async def email_parse(ctx: MethodContext, args: dict[str, Any]) -> dict[str, Any
     raws = await asyncio.to_thread(_read_all, ctx.runtime.blobs, [b for b in blob_ids if b in readable])
     parsed: dict[str, Any] = {}
     not_parsable: list[str] = []
+    contents: dict[str, bytes] = {}
     for blob_id in blob_ids:
         raw = raws.get(blob_id)
         if raw is None:
             continue
+        # Parsed, rendered and identified as the same octets: offsets into the message (bodyValues), its
+        # size and its blobId all refer to the message as it would be stored.
+        raw = without_nul(raw)
         try:
-            message = mime.parse(raw.replace(b"\x00", b"") if b"\x00" in raw else raw)
+            message = mime.parse(raw)
         except mime.NotParsable:
             not_parsable.append(blob_id)
             continue
-        row = storage.EmailRow("", blob_id, "", message.size, 0, message.has_attachment, message.preview, (), (),
+        own_id = blob_id if raw is raws[blob_id] else blob_id_of(raw)
+        if own_id != blob_id:
+            contents[own_id] = raw
+        part_blobs: dict[str, str] = {}
+        for part_id, data in part_contents(raw, message).items():
+            part_blobs[part_id] = blob_id_of(data)
+            contents[part_blobs[part_id]] = data
+        row = storage.EmailRow("", own_id, "", message.size, 0, message.has_attachment, message.preview, (), (),
                                None)
-        obj = _render(g, row, message, {}, raw)
+        obj = _render(g, row, message, part_blobs, raw)
         for prop in _NOT_STORED:
             if prop in obj:
                 obj[prop] = None
         parsed[blob_id] = obj
+    if contents and _shows_blob_ids(g):
+        await _make_readable(ctx, contents)
     return {"accountId": ctx.account_id, "parsed": parsed or None, "notParsable": not_parsable or None,
             "notFound": [b for b in blob_ids if b not in raws] or None}
+
+
+def _shows_blob_ids(g: GetArgs) -> bool:
+    """Whether the response can hold a blobId (of the message or of a part)."""
+    if "blobId" in g.properties:
+        return True
+    parts = ("bodyStructure", "textBody", "htmlBody", "attachments")
+    return any(p in g.properties for p in parts) and (g.body_properties is None or "blobId" in g.body_properties)
 
 
 # --- Email/copy (RFC 8621 §4.7) -------------------------------------------------------------------------------
@@ -535,7 +613,7 @@ async def email_copy(ctx: MethodContext, args: dict[str, Any]) -> dict[str, Any]
             continue
         pending.append((cid, spec["id"], ImportItem(raws[source.blob_id], tuple(boxes), tuple(words), received)))
     results = await import_messages(ctx.conn, ctx.runtime, ctx.account_id,  # type: ignore[arg-type]
-                                    [item for _, _, item in pending])
+                                    [item for _, _, item in pending], max_attachment_bytes=_max_attachments(ctx))
     created: dict[str, Any] = {}
     copied: list[str] = []
     for (cid, original, _), result in zip(pending, results):

@@ -407,6 +407,10 @@ def _reason(error: Any) -> str:
 async def import_sources(runtime: Runtime, account_id: str, sources: Sequence[Source] | Iterator[Source],
                          report: Report, progress: Progress | None = None, batch: int = BATCH) -> None:
     """Import messages in batches, one write transaction each; a failing message is reported, never fatal."""
+    # An account created while the capability was disabled gets its default mailboxes first, as the
+    # daemon would give them on its next start: the import then fills them rather than making its own.
+    async with runtime.db.write() as tx:
+        await mailbox.provision(tx, account_id, runtime)
     boxes = MailboxMap(runtime, account_id)
     pending: list[Source] = []
     for source in sources:

@@ -92,11 +92,19 @@ class _Prepared:
     part_blobs: dict[str, bytes]
 
 
+def without_nul(raw: bytes) -> bytes:
+    """The message as it is stored and parsed: NUL octets are not allowed in a message (RFC 5322 §2.1), so
+    they are dropped, and the message gets a blobId of its own (RFC 8621 §4.8 allows fixing it this way)."""
+    return raw.replace(b"\x00", b"") if b"\x00" in raw else raw
+
+
+def part_contents(raw: bytes, message: mime.Message) -> dict[str, bytes]:
+    """partId -> decoded content of every leaf part: what each part's blobId stands for (RFC 8621 §4.1.4)."""
+    return {p.part_id: mime.decode_body(raw, p) for p in message.leaves() if p.part_id is not None}
+
+
 def _prepare(raw: bytes) -> _Prepared:
-    # NUL octets are not allowed in a message (RFC 5322 §2.1): the stored message drops them, and so
-    # gets a blobId of its own (RFC 8621 §4.8 allows fixing a message this way).
-    if b"\x00" in raw:
-        raw = raw.replace(b"\x00", b"")
+    raw = without_nul(raw)
     message = mime.parse(raw)
     headers = message.headers
     own = as_message_ids(_last(headers, "message-id") or "") or []
@@ -104,7 +112,7 @@ def _prepare(raw: bytes) -> _Prepared:
         [*own, *(as_message_ids(_last(headers, "in-reply-to") or "") or []),
          *(as_message_ids(_last(headers, "references") or "") or [])]))
     subject = _last(headers, "subject")
-    part_blobs = {p.part_id: mime.decode_body(raw, p) for p in message.leaves() if p.part_id is not None}
+    part_blobs = part_contents(raw, message)
     return _Prepared(raw, message, keys, own[0] if own else None,
                      base_subject(as_text(subject)).casefold() if subject is not None else "", part_blobs)
 
@@ -132,12 +140,19 @@ def read_parsed(data: bytes) -> Parsed:
                   stored.get("c") if stored.get("cv") == PARSE_VERSION else None)
 
 
-async def import_messages(tx: Transaction, runtime: Runtime, account_id: str,
-                          items: Sequence[ImportItem]) -> list[Imported | SetError]:
+def attachment_bytes(message: mime.Message) -> int:
+    """The total decoded size of a message's attachments (§4.1.4), which maxSizeAttachmentsPerEmail bounds."""
+    return sum(p.size for p in message.attachments)
+
+
+async def import_messages(tx: Transaction, runtime: Runtime, account_id: str, items: Sequence[ImportItem], *,
+                          max_attachment_bytes: int | None = None) -> list[Imported | SetError]:
     """Parse, store (raw and every leaf part as blobs), thread and insert messages in one batch.
 
     Must run inside a write transaction. Each item gets an Imported, or a SetError: invalidEmail (no
-    header field), invalidProperties [mailboxIds] / [keywords], tooManyKeywords, tooManyMailboxes.
+    header field), invalidProperties [mailboxIds] / [keywords], tooManyKeywords, tooManyMailboxes, and
+    tooLarge when its attachments total more than `max_attachment_bytes` (given for what a client
+    adds: RFC 8621 §1.3.1 maxSizeAttachmentsPerEmail; None for what the operator imports or delivery brings).
     """
     settings = mailbox_module.settings(runtime)
     wanted_boxes = {m for item in items for m in item.mailbox_ids}
@@ -164,6 +179,10 @@ async def import_messages(tx: Transaction, runtime: Runtime, account_id: str,
             prepared = _prepare(bytes(item.raw))
         except mime.NotParsable:
             results.append(SetError("invalidEmail", "the blob is not a message: it has no header field"))
+            continue
+        if max_attachment_bytes is not None and attachment_bytes(prepared.message) > max_attachment_bytes:
+            results.append(SetError("tooLarge", f"its attachments total {attachment_bytes(prepared.message)} "
+                                    f"octets, more than maxSizeAttachmentsPerEmail ({max_attachment_bytes})"))
             continue
         results.append(None)
         ready.append((n, ImportItem(prepared.raw, tuple(boxes), tuple(dict.fromkeys(words)),  # type: ignore[arg-type]

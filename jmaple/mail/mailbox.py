@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import logging
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from jmaple.core.capability import DataType, Filter, Property
 from jmaple.core.context import MethodContext, Runtime
 from jmaple.core.errors import SetFailure, invalid_properties
 from jmaple.core.methods import (
-    Args, apply_set, check_count, filter_matches, parse_filter, parse_sort, sort_objects,
+    Args, apply_set, check_count, defaults, filter_matches, new_object, parse_filter, parse_sort, sort_objects,
     query_changes_response, query_changes_since, standard_get, window,
 )
+from jmaple.core.pointer import PointerError, apply_patch
 from jmaple.mail import storage
 from jmaple.store import changes
 from jmaple.store.accounts import Access
@@ -22,6 +26,8 @@ from jmaple.store.db import Conn, Transaction
 
 if TYPE_CHECKING:
     from jmaple.mail import MailConfig
+
+log = logging.getLogger(__name__)
 
 PLUGIN_NAME = "mail"
 
@@ -68,14 +74,18 @@ def check_name(name: str, max_octets: int, key: str = "name") -> str:
 
 
 class MailboxStore:
-    """Mailboxes as one user sees them (isSubscribed and myRights are theirs); bound per method call."""
+    """Mailboxes as one user sees them (isSubscribed and myRights are theirs); bound per method call.
+
+    Within Mailbox/set (`batch` given) updates are written together by the batch (see _SetBatch).
+    """
 
     def __init__(self, user_id: str | None = None, access: Access | None = None, *,
-                 runtime: Runtime | None = None, remove_emails: bool = False):
+                 runtime: Runtime | None = None, remove_emails: bool = False, batch: _SetBatch | None = None):
         self.user_id = user_id
         self.access = access
         self.runtime = runtime
         self.remove_emails = remove_emails
+        self.batch = batch
 
     def _object(self, row: storage.MailboxRow) -> dict[str, Any]:
         return {
@@ -93,11 +103,15 @@ class MailboxStore:
         }
 
     async def get(self, conn: Conn, account_id: str, ids: Sequence[str] | None) -> list[dict[str, Any]]:
+        if self.batch is not None and isinstance(conn, Transaction):
+            await self.batch.flush(conn)
         return [self._object(r) for r in await storage.mailboxes(conn, account_id, self.user_id, ids)]
 
     async def insert(self, tx: Transaction, account_id: str, objects: list[dict[str, Any]]) -> None:
         await storage.insert_mailboxes(tx, account_id, [
             (o["id"], o["name"], o["parentId"], o["role"], o["sortOrder"]) for o in objects])
+        if self.batch is not None:
+            self.batch.written(objects)
         # §2: isSubscribed as given (true by default) for whoever creates it; when someone else creates
         # a mailbox in an account, its owner is subscribed too (it is their personal account).
         if self.user_id is not None:
@@ -109,14 +123,21 @@ class MailboxStore:
                 await storage.set_subscribed(tx, owner, account_id, [o["id"] for o in objects], True)
 
     async def update(self, tx: Transaction, account_id: str, objects: list[dict[str, Any]]) -> None:
-        await storage.update_mailboxes(tx, account_id, [
-            (o["id"], o["name"], o["parentId"], o["role"], o["sortOrder"]) for o in objects])
+        rows = [(o["id"], o["name"], o["parentId"], o["role"], o["sortOrder"]) for o in objects]
+        if self.batch is not None:
+            self.batch.buffer(rows)
+            self.batch.written(objects)
+        else:
+            await storage.update_mailboxes(tx, account_id, rows)
         if self.user_id is not None:
             for subscribed in (True, False):
                 await storage.set_subscribed(tx, self.user_id, account_id,
                                              [o["id"] for o in objects if o["isSubscribed"] is subscribed], subscribed)
 
     async def delete(self, tx: Transaction, account_id: str, ids: list[str]) -> None:
+        if self.batch is not None:
+            await self.batch.flush(tx)
+            self.batch.deleted(ids)
         if self.remove_emails:
             for mailbox_id in ids:
                 destroyed, _ = await storage.remove_mailbox_emails(tx, account_id, mailbox_id)
@@ -157,12 +178,28 @@ def _subtree_height(tree: dict[str, str | None], root: str) -> int:
     return height
 
 
-async def validate(ctx: MethodContext, new: dict[str, Any], old: dict[str, Any] | None) -> None:
-    """The rules of §2 on a mailbox to create (old None) or its updated form; raises SetFailure."""
-    config = settings(ctx.runtime)
-    access = ctx.principal.accounts.get(ctx.account_id)
-    conn = ctx.conn
-    account_id = ctx.account_id
+@dataclass(frozen=True)
+class _Node:
+    """A mailbox as the /set rules see it: where it is, its name and its role."""
+
+    parent_id: str | None
+    name: str
+    role: str | None
+
+    @property
+    def sibling_key(self) -> tuple[str, str]:
+        return self.parent_id or "", self.name
+
+
+def _node(obj: dict[str, Any]) -> _Node:
+    return _Node(obj["parentId"], obj["name"], obj["role"])
+
+
+def _check_rules(config: MailConfig, access: Access | None, new: dict[str, Any], old: dict[str, Any] | None,
+                 nodes: dict[str, _Node]) -> None:
+    """Every rule of §2 on a mailbox to create (old None) or its updated form, except that names and roles
+    are unique; `nodes` are the account's mailboxes as they stand. Raises SetFailure; puts the name in NFC
+    and sets myRights for a new role."""
     moved = old is None or new["parentId"] != old["parentId"]
     renamed = old is None or new["name"] != old["name"]
     if old is not None and (moved or renamed) and not old["myRights"]["mayRename"]:
@@ -180,7 +217,7 @@ async def validate(ctx: MethodContext, new: dict[str, Any], old: dict[str, Any] 
             if not (config.may_create_top_level_mailbox and access is not None and access.may_write):
                 raise SetFailure("forbidden", "mayCreateTopLevelMailbox is false: give a parentId")
         else:
-            tree = await storage.mailbox_tree(conn, account_id)
+            tree = {mailbox_id: n.parent_id for mailbox_id, n in nodes.items()}
             if parent_id not in tree:
                 raise invalid_properties(f"parentId: no mailbox {parent_id}", "parentId")
             node: str | None = parent_id
@@ -190,8 +227,7 @@ async def validate(ctx: MethodContext, new: dict[str, Any], old: dict[str, Any] 
                     raise invalid_properties("parentId would make the mailbox its own ancestor", "parentId")
                 seen.add(node)
                 node = tree.get(node)
-            parent = (await storage.mailboxes(conn, account_id, None, [parent_id]))[0]
-            if not rights(access, parent.role)["mayCreateChild"]:
+            if not rights(access, nodes[parent_id].role)["mayCreateChild"]:
                 raise SetFailure("forbidden", "you may not create mailboxes under this parent")
             limit = config.max_mailbox_depth
             if limit is not None:
@@ -200,19 +236,173 @@ async def validate(ctx: MethodContext, new: dict[str, Any], old: dict[str, Any] 
                 if deepest > limit:
                     raise invalid_properties(f"the mailbox tree would be {deepest} deep; maxMailboxDepth is {limit}",
                                              "parentId")
-    if moved or renamed:
-        existing = await storage.sibling_named(conn, account_id, new["parentId"], new["name"])
-        if existing is not None and existing != new["id"]:
-            raise SetFailure("alreadyExists", "a sibling mailbox has this name", existingId=existing)
     role = new["role"]
     if old is None or role != old["role"]:
-        if role is not None:
-            if role not in ROLES:
-                raise invalid_properties(f"role must be null or one of {', '.join(sorted(ROLES))}", "role")
-            holder = (await storage.mailbox_ids_by_role(conn, account_id)).get(role)
-            if holder is not None and holder != new["id"]:
-                raise invalid_properties(f"mailbox {holder} already has the role {role}", "role")
+        if role is not None and role not in ROLES:
+            raise invalid_properties(f"role must be null or one of {', '.join(sorted(ROLES))}", "role")
         new["myRights"] = rights(access, role)
+
+
+def _name_taken(existing: str) -> SetFailure:
+    return SetFailure("alreadyExists", "a sibling mailbox has this name", existingId=existing)
+
+
+def _role_taken(existing: str, role: str) -> SetFailure:
+    return invalid_properties(f"mailbox {existing} already has the role {role}", "role")
+
+
+def _collisions(final: dict[str, _Node], before: dict[str, _Node], order: list[str]) -> dict[str, SetFailure]:
+    """The updates (ids in `order`, request order) to refuse so that `final` has unique names and roles.
+
+    Where an update takes a name or role another mailbox keeps, the update is refused; where several
+    updates take the same one, the first keeps it.
+    """
+    refused: dict[str, SetFailure] = {}
+    rank = {mailbox_id: n for n, mailbox_id in enumerate(order)}
+    for kind in ("name", "role"):
+        groups: dict[Any, list[str]] = {}
+        for mailbox_id, node in final.items():
+            key = node.sibling_key if kind == "name" else node.role
+            if key is not None:
+                groups.setdefault(key, []).append(mailbox_id)
+        for key, members in groups.items():
+            if len(members) < 2:
+                continue
+            before_key = {m: (before[m].sibling_key if kind == "name" else before[m].role) if m in before else None
+                          for m in members}
+            takers = sorted((m for m in members if m in rank and before_key[m] != key), key=rank.__getitem__)
+            keepers = [m for m in members if m not in takers]
+            holder = keepers[0] if keepers else takers.pop(0)
+            for m in takers:
+                refused.setdefault(m, _name_taken(holder) if kind == "name" else _role_taken(holder, key))
+    return refused
+
+
+class _SetBatch:
+    """One Mailbox/set call: its updates are checked for unique names and roles against the state the whole
+    call leaves (RFC 8620 §5.3: "the final state MUST be valid"), so two mailboxes may swap names or pass a
+    role between them in one call, whatever the order.
+
+    Creations come first and are checked one by one against what exists. Before the first update, every
+    update of the call is simulated in order with the same rules, and those that would leave two mailboxes
+    with one name or role are refused (an update taking what another mailbox keeps; the later of two taking
+    the same); repeated until the result is valid. The updates are then written together when the call
+    needs the stored state (before destroying, and at its end), so that no intermediate state collides.
+    """
+
+    def __init__(self, ctx: MethodContext, update: dict[str, Any], destroy: list[str]):
+        self.ctx = ctx
+        self.config = settings(ctx.runtime)
+        self.access = ctx.principal.accounts.get(ctx.account_id)
+        self.update = update
+        self.destroy = {ctx.resolve_id(i) or i for i in destroy}
+        self.nodes: dict[str, _Node] | None = None       # the mailboxes as they stand within the call
+        self.objects: dict[str, dict[str, Any]] = {}
+        self.final: dict[str, _Node] | None = None       # what the planned updates make of their mailboxes
+        self.refused: dict[str, SetFailure] = {}
+        self.pending: set[str] = set()                   # planned updates not processed yet
+        self.rows: dict[str, tuple[str, str, str | None, str | None, int]] = {}
+
+    async def _load(self) -> dict[str, _Node]:
+        if self.nodes is None:
+            rows = await storage.mailboxes(self.ctx.conn, self.ctx.account_id, None)
+            self.nodes = {r.id: _Node(r.parent_id, r.name, r.role) for r in rows}
+        return self.nodes
+
+    def written(self, objects: list[dict[str, Any]]) -> None:
+        if self.nodes is not None:
+            for obj in objects:
+                self.nodes[obj["id"]] = _node(obj)
+
+    def deleted(self, ids: list[str]) -> None:
+        for mailbox_id in ids:
+            if self.nodes is not None:
+                self.nodes.pop(mailbox_id, None)
+            self.pending.discard(mailbox_id)
+
+    def buffer(self, rows: list[tuple[str, str, str | None, str | None, int]]) -> None:
+        for row in rows:
+            self.rows[row[0]] = row
+
+    async def flush(self, tx: Transaction) -> None:
+        """Write the updates processed so far, all at once."""
+        if self.rows:
+            rows, self.rows = list(self.rows.values()), {}
+            await storage.update_mailboxes(tx, self.ctx.account_id, rows)
+
+    async def validate(self, ctx: MethodContext, new: dict[str, Any], old: dict[str, Any] | None) -> None:
+        """The DataType hook: every rule of §2, with names and roles unique in the call's final state."""
+        nodes = await self._load()
+        if old is not None and self.final is None:
+            await self._plan(ctx, nodes)
+        self.pending.discard(new["id"])
+        _check_rules(self.config, self.access, new, old, nodes)
+        if new["id"] in self.refused:
+            raise self.refused[new["id"]]
+        final = self.final or {}
+        view = {m: final[m] if m in self.pending else n for m, n in nodes.items() if m != new["id"]}
+        mine = _node(new)
+        if old is None or mine.sibling_key != _node(old).sibling_key:
+            taken = next((m for m, n in view.items() if n.sibling_key == mine.sibling_key), None)
+            if taken is not None:
+                raise _name_taken(taken)
+        if mine.role is not None and (old is None or mine.role != old["role"]):
+            taken = next((m for m, n in view.items() if n.role == mine.role), None)
+            if taken is not None:
+                raise _role_taken(taken, mine.role)
+
+    async def _plan(self, ctx: MethodContext, nodes: dict[str, _Node]) -> None:
+        """Simulate the call's updates (see the class) and settle which are refused for uniqueness."""
+        objects = {o["id"]: o for o in await MailboxStore(ctx.principal.user_id, self.access).get(
+            ctx.conn, ctx.account_id, None)}
+        planned: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+        for key, patch in self.update.items():
+            mailbox_id = ctx.resolve_id(key)
+            if mailbox_id is None or mailbox_id not in objects or mailbox_id in self.destroy \
+                    or not isinstance(patch, dict):
+                continue
+            new = _patched(ctx, objects[mailbox_id], patch)
+            if new is not None:
+                planned.append((mailbox_id, objects[mailbox_id], new))
+        order = [mailbox_id for mailbox_id, _, _ in planned]
+        while True:
+            state = dict(nodes)
+            applied: list[str] = []
+            for mailbox_id, old, new in planned:
+                if mailbox_id in self.refused:
+                    continue
+                trial = dict(new)
+                try:
+                    _check_rules(self.config, self.access, trial, old, state)
+                except SetFailure:
+                    continue
+                state[mailbox_id] = _node(trial)
+                applied.append(mailbox_id)
+            refused = _collisions(state, nodes, [m for m in order if m in applied])
+            if not refused:
+                break
+            self.refused.update(refused)
+        self.final = {m: state[m] for m in applied}
+        self.pending = set(applied)
+
+
+def _patched(ctx: MethodContext, old: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any] | None:
+    """A mailbox after an update's patch, checked as Foo/set checks it (RFC 8620 §5.3); None when that
+    update will be refused anyway (then it changes nothing)."""
+    try:
+        patched = apply_patch(old, patch, defaults(MAILBOX))
+    except PointerError:
+        return None
+    for name, value in patched.items():
+        prop = MAILBOX.prop(name)
+        if prop is None or ((prop.server_set or prop.immutable) and value != old.get(name)):
+            return None
+    try:
+        new = new_object(ctx, MAILBOX, {k: v for k, v in patched.items()
+                                        if not MAILBOX.prop(k).server_set})   # type: ignore[union-attr]
+    except SetFailure:
+        return None
+    return {**old, **new}
 
 
 async def before_destroy(ctx: MethodContext, obj: dict[str, Any], *, remove_emails: bool) -> None:
@@ -258,15 +448,14 @@ MAILBOX = DataType(
         "hasAnyRole": Filter("Boolean", lambda o, v: (o["role"] is not None) is v),
         "isSubscribed": Filter("Boolean", lambda o, v: o["isSubscribed"] is v),
     },
-    validate=validate,
 )
 
 
-def bound_type(ctx: MethodContext, *, remove_emails: bool = False) -> DataType:
-    """MAILBOX as the calling user sees it in this call's account."""
+def bound_type(ctx: MethodContext, *, remove_emails: bool = False, batch: _SetBatch | None = None) -> DataType:
+    """MAILBOX as the calling user sees it in this call's account; with the rules of §2 for Mailbox/set."""
     store = MailboxStore(ctx.principal.user_id, ctx.principal.accounts.get(ctx.account_id),
-                         runtime=ctx.runtime, remove_emails=remove_emails)
-    return dataclasses.replace(MAILBOX, store=store,
+                         runtime=ctx.runtime, remove_emails=remove_emails, batch=batch)
+    return dataclasses.replace(MAILBOX, store=store, validate=batch.validate if batch is not None else None,
                                before_destroy=functools.partial(before_destroy, remove_emails=remove_emails))
 
 
@@ -291,7 +480,12 @@ async def mailbox_set(ctx: MethodContext, args: dict[str, Any]) -> dict[str, Any
         # Children before their parents, so that a whole subtree can go in one call.
         depths = _depths(await storage.mailbox_tree(ctx.conn, ctx.account_id))
         destroy = sorted(destroy, key=lambda i: -depths.get(ctx.resolve_id(i) or i, 0))
-    result = await apply_set(ctx, bound_type(ctx, remove_emails=remove_emails), if_in_state, create, update, destroy)
+    batch = _SetBatch(ctx, update, destroy)
+    result = await apply_set(ctx, bound_type(ctx, remove_emails=remove_emails, batch=batch), if_in_state, create,
+                             update, destroy)
+    assert isinstance(ctx.conn, Transaction)
+    await batch.flush(ctx.conn)
+    result["newState"] = await changes.state(ctx.conn, ctx.account_id, MAILBOX.name)   # after the flush
     # A name is stored in NFC: say so when that is not how it was sent.
     for cid, created in (result["created"] or {}).items():
         sent = create[cid].get("name")
@@ -425,17 +619,57 @@ async def mailbox_query_changes(ctx: MethodContext, args: dict[str, Any]) -> dic
 
 # Accounts
 
+async def provision(tx: Transaction, account_id: str, runtime: Runtime) -> list[str]:
+    """Give the account its default mailboxes ([capabilities.mail] default_mailboxes), subscribed for its
+    owner, once: an account already provisioned is left alone. Returns the ids created.
+
+    Runs inside a write transaction. A default whose role or top-level name an existing mailbox already
+    has (one `jmapled import` made, say) is skipped: names and roles stay unique (§2).
+    """
+    if await storage.is_provisioned(tx, account_id):
+        return []
+    existing = await storage.mailboxes(tx, account_id, None)
+    roles = {r.role for r in existing if r.role is not None}
+    names = {r.name for r in existing if r.parent_id is None}
+    rows = [(MAILBOX.id_prefix + runtime.config.new_id(), d.name, None, d.role, d.sort_order)
+            for d in settings(runtime).default_mailboxes if d.name not in names and d.role not in roles]
+    if rows:
+        await storage.insert_mailboxes(tx, account_id, rows)
+        owner = await storage.account_owner(tx, account_id)
+        if owner is not None:
+            await storage.set_subscribed(tx, owner, account_id, [r[0] for r in rows], True)
+        await changes.record(tx, account_id, MAILBOX.name, created=[r[0] for r in rows])
+    await storage.mark_provisioned(tx, account_id)
+    return [r[0] for r in rows]
+
+
 async def create_defaults(tx: Transaction, account_id: str, runtime: Runtime) -> None:
-    """A new account's mailboxes ([capabilities.mail] default_mailboxes), subscribed for its owner."""
-    defaults = settings(runtime).default_mailboxes
-    if not defaults:
-        return
-    rows = [(MAILBOX.id_prefix + runtime.config.new_id(), d.name, None, d.role, d.sort_order) for d in defaults]
-    await storage.insert_mailboxes(tx, account_id, rows)
-    owner = await storage.account_owner(tx, account_id)
-    if owner is not None:
-        await storage.set_subscribed(tx, owner, account_id, [r[0] for r in rows], True)
-    await changes.record(tx, account_id, MAILBOX.name, created=[r[0] for r in rows])
+    """The account-creation hook: a new account is provisioned at once, in the transaction creating it."""
+    await provision(tx, account_id, runtime)
+
+
+PROVISION_BATCH = 100   # accounts per write transaction
+
+
+async def provision_accounts(runtime: Runtime) -> int:
+    """Provision every account that is not yet (created before the capability was installed, or while it
+    was disabled); returns how many were. Each batch is one write transaction."""
+    async with runtime.db.read() as conn:
+        pending = await storage.unprovisioned_accounts(conn)
+    for start in range(0, len(pending), PROVISION_BATCH):
+        async with runtime.db.write() as tx:
+            for account_id in pending[start:start + PROVISION_BATCH]:
+                await provision(tx, account_id, runtime)
+    if pending:
+        log.info("gave %d account%s the default mailboxes", len(pending), "" if len(pending) == 1 else "s")
+    return len(pending)
+
+
+@contextlib.asynccontextmanager
+async def provisioning_service(runtime: Runtime) -> AsyncIterator[None]:
+    """A plugin service: when the daemon starts, before it serves, every unprovisioned account is provisioned."""
+    await provision_accounts(runtime)
+    yield
 
 
 async def check(runtime: Runtime) -> list[str]:

@@ -16,6 +16,8 @@ from jmaple.mail import storage
 from jmaple.store import changes
 
 _SUPPORTED_FILTERS = frozenset({"inMailbox"})
+# What Email/query can sort by; the account's emailQuerySortOptions (RFC 8621 §1.3.1) lists exactly these.
+SORT_PROPERTIES = ("receivedAt",)
 _MAX_FILTER_DEPTH = 32
 
 
@@ -56,13 +58,15 @@ def _ascending(value: Any) -> bool:
     if len(value) > 1:
         raise MethodError("unsupportedSort", "only one comparator (receivedAt) is supported yet")
     comparator = value[0]
-    if not isinstance(comparator, dict) or not set(comparator) <= {"property", "isAscending", "collation"}:
-        raise invalid_arguments("sort: a Comparator has property, isAscending and collation")
+    if not isinstance(comparator, dict):
+        raise invalid_arguments("sort: a Comparator is an object")
+    # RFC 8620 §5.5 lets a data type add Comparator properties (§4.4.2 adds "keyword"), and clients send
+    # more (jmapc: anchorOffset, calculateTotal, position): those not used here are ignored.
     ascending = comparator.get("isAscending", True)
     if not isinstance(ascending, bool) or not isinstance(comparator.get("property"), str) \
             or not isinstance(comparator.get("collation", ""), str):
-        raise invalid_arguments("sort: property must be a String and isAscending a Boolean")
-    if comparator["property"] != "receivedAt":
+        raise invalid_arguments("sort: property and collation must be Strings, isAscending a Boolean")
+    if comparator["property"] not in SORT_PROPERTIES:
         raise MethodError("unsupportedSort", f"sorting by {comparator['property']!r} is not supported yet")
     return ascending
 

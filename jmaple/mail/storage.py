@@ -52,6 +52,33 @@ async def account_owner(conn: Conn, account_id: str) -> str | None:
     return await conn.value("SELECT owner_id FROM accounts WHERE id = ?", (account_id,))
 
 
+async def unprovisioned_accounts(conn: Conn) -> list[str]:
+    """Accounts the Mail capability has not given their default mailboxes yet, oldest first."""
+    rows = await conn.all("SELECT a.id FROM accounts a WHERE NOT EXISTS"
+                          " (SELECT 1 FROM mail_accounts p WHERE p.account_id = a.id) ORDER BY a.created_at, a.id")
+    return [r[0] for r in rows]
+
+
+async def is_provisioned(conn: Conn, account_id: str) -> bool:
+    return bool(await conn.value("SELECT 1 FROM mail_accounts WHERE account_id = ?", (account_id,)))
+
+
+async def mark_provisioned(tx: Transaction, account_id: str) -> None:
+    """Record that the account has had its default mailboxes (it never gets them again)."""
+    await tx.execute("INSERT INTO mail_accounts (account_id, provisioned_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                     (account_id, int(tx.now)))
+
+
+async def is_demo_seeded(conn: Conn, account_id: str) -> bool:
+    return bool(await conn.value(
+        "SELECT 1 FROM mail_accounts WHERE account_id = ? AND demo_seeded_at IS NOT NULL", (account_id,)))
+
+
+async def mark_demo_seeded(tx: Transaction, account_id: str) -> None:
+    """Record that `jmapled dev` filled the (provisioned) account with its demo mail."""
+    await tx.execute("UPDATE mail_accounts SET demo_seeded_at = ? WHERE account_id = ?", (int(tx.now), account_id))
+
+
 # --- mailboxes ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -145,9 +172,10 @@ async def insert_mailboxes(tx: Transaction, account_id: str,
 
 async def update_mailboxes(tx: Transaction, account_id: str,
                            rows: Iterable[tuple[str, str, str | None, str | None, int]]) -> None:
-    """Write (id, name, parent_id, role, sort_order) of existing mailboxes, in order; the caller logs them.
+    """Write (id, name, parent_id, role, sort_order) of existing mailboxes; the caller logs them.
 
-    A role must leave one mailbox (an earlier row, or an earlier call) before it reaches another.
+    The rows are written together: they may exchange names and roles among themselves (the unique
+    indexes see no intermediate state), but must leave names and roles unique in the account.
 
     A mailbox that gains or loses the trash role changes unreadThreads elsewhere (RFC 8621 §2):
     the counts of the threads it holds are recalculated and logged here.
@@ -166,6 +194,11 @@ async def update_mailboxes(tx: Transaction, account_id: str,
             "SELECT DISTINCT thread_id FROM email_mailboxes WHERE account_id = ? AND mailbox_id = ?",
             (account_id, mailbox_id))]
     async with _counted(tx, account_id, threads):
+        if len(rows) > 1:
+            # First park them under names no mailbox can have (no control characters, RFC 8621 §2) and
+            # without roles, so that the unique indexes never see two rows with one name or role.
+            await tx.executemany("UPDATE mailboxes SET name = ?, role = NULL WHERE account_id = ? AND id = ?",
+                                 [("\x01" + r[0], account_id, r[0]) for r in rows])
         await tx.executemany(
             "UPDATE mailboxes SET name = ?, parent_id = ?, role = ?, sort_order = ? WHERE account_id = ? AND id = ?",
             [(name, parent_id, role, sort_order, account_id, mailbox_id)

@@ -105,35 +105,3 @@ CREATE TABLE email_keywords (
     FOREIGN KEY (account_id, email_id) REFERENCES emails(account_id, id) ON DELETE CASCADE
 ) WITHOUT ROWID;
 CREATE INDEX email_keywords_keyword ON email_keywords(account_id, keyword, email_id);
-
--- Back-fill: accounts that exist before this capability is installed get the default mailboxes
--- (the built-in list: [capabilities.mail] default_mailboxes is not known to SQL), subscribed for
--- their owner, each logged as created under its own modseq so that Mailbox/changes reports it.
-CREATE TEMP TABLE mail_defaults (name TEXT, role TEXT, sort_order INTEGER);
-INSERT INTO mail_defaults VALUES ('Inbox', 'inbox', 1), ('Drafts', 'drafts', 2), ('Sent', 'sent', 3),
-    ('Archive', 'archive', 4), ('Junk', 'junk', 5), ('Trash', 'trash', 6);
-
-INSERT INTO mailboxes (account_id, id, name, role, sort_order)
-    SELECT a.id, 'M' || lower(hex(randomblob(9))), d.name, d.role, d.sort_order
-    FROM accounts a CROSS JOIN mail_defaults d;
-
-INSERT INTO mailbox_subscriptions (user_id, account_id, mailbox_id)
-    SELECT a.owner_id, m.account_id, m.id FROM mailboxes m JOIN accounts a ON a.id = m.account_id;
-
-INSERT INTO changes (account_id, type, object_id, created_modseq, modseq, full_modseq)
-    SELECT m.account_id, 'Mailbox', m.id, a.modseq + m.n, a.modseq + m.n, a.modseq + m.n
-    FROM (SELECT account_id, id, row_number() OVER (PARTITION BY account_id ORDER BY sort_order) AS n
-          FROM mailboxes) m
-    JOIN accounts a ON a.id = m.account_id;
-
-UPDATE accounts SET modseq = modseq + (SELECT count(*) FROM mailboxes m WHERE m.account_id = accounts.id)
-    WHERE EXISTS (SELECT 1 FROM mailboxes m WHERE m.account_id = accounts.id);
-
-UPDATE meta SET value = value + 1 WHERE key = 'seq' AND EXISTS (SELECT 1 FROM mailboxes);
-
-INSERT INTO type_states (account_id, type, modseq, seq)
-    SELECT a.id, 'Mailbox', a.modseq, (SELECT value FROM meta WHERE key = 'seq')
-    FROM accounts a WHERE EXISTS (SELECT 1 FROM mailboxes m WHERE m.account_id = a.id)
-    ON CONFLICT (account_id, type) DO UPDATE SET modseq = excluded.modseq, seq = excluded.seq;
-
-DROP TABLE mail_defaults;
