@@ -18,7 +18,7 @@ EXAMPLE = ROOT / "config.example.toml"
 def test_example_documents_every_key_of_every_section():
     """Each dataclass field of each section appears in config.example.toml, and nothing else does."""
     raw = tomllib.loads(EXAMPLE.read_text())
-    assert set(raw) == set(_SECTIONS)
+    assert set(raw) == {*_SECTIONS, "capabilities"}
     for name, section in _SECTIONS.items():
         fields = {f.name for f in dataclasses.fields(section)}
         assert set(raw[name]) == fields, f"[{name}] in config.example.toml"
@@ -40,6 +40,25 @@ def test_example_loads_and_holds_the_defaults():
     assert config.source == str(EXAMPLE)
     for name, section in _SECTIONS.items():
         assert getattr(config, name) == section(), f"[{name}] in config.example.toml is not the default"
+
+
+def test_example_documents_every_key_of_each_built_in_capability_with_its_default():
+    """[capabilities.NAME] of each built-in plugin that has a config table: every field, at its default."""
+    import importlib
+
+    from jmaple.core.capability import BUILTIN_PLUGINS
+
+    raw = tomllib.loads(EXAMPLE.read_text())["capabilities"]
+    plugins = [getattr(importlib.import_module(target.partition(":")[0]), target.partition(":")[2])
+               for target in BUILTIN_PLUGINS.values()]
+    with_tables = [p for p in plugins if p.parse_config is not None]
+    assert with_tables and set(raw) == {p.name for p in with_tables}
+    for plugin in with_tables:
+        table = dict(raw[plugin.name])
+        assert table.pop("enabled") is True
+        parsed = plugin.parse_config(table)
+        assert {f.name for f in dataclasses.fields(parsed)} == set(table), f"[capabilities.{plugin.name}]"
+        assert parsed == plugin.parse_config({}), f"[capabilities.{plugin.name}] is not the default"
 
 
 HOSTILE = [
