@@ -1,6 +1,6 @@
 """Benchmark: push (SSE, WebSocket, webhooks) for one Jmaple server process.
 
-Run:  python bench/push.py [--connections 10000] [--generators 4] [--mutations 20]
+Run:  python bench/push.py [--connections 10000] [--generators 1] [--mutations 20] [--backlog N] [--gc-threshold a,b,c]
 
 Starts, each in its own process (multiprocessing, spawn): the Jmaple server (make_app, default config;
 the access log off for the connection-count servers, on for the webhook one), load generators holding
@@ -65,9 +65,12 @@ def server_config(data_dir: str, port: int, access_log: bool, push: dict[str, An
 
 
 def run_jmaple(data_dir: str, port: int, access_log: bool, push: dict[str, Any] | None,
-               backlog: int | None, ready: Any) -> None:
+               backlog: int | None, gc_threshold: tuple[int, ...] | None, ready: Any) -> None:
     pin(0)
     limit = raise_nofile()
+    if gc_threshold:
+        import gc
+        gc.set_threshold(*gc_threshold)
     from aiohttp import web
 
     import notes
@@ -148,11 +151,11 @@ def rss_kib(pid: int) -> int:
 
 class Server:
     def __init__(self, data_dir: str, access_log: bool, push: dict[str, Any] | None = None,
-                 backlog: int | None = None):
+                 backlog: int | None = None, gc_threshold: tuple[int, ...] | None = None):
         self.port = free_port()
         parent, child = multiprocessing.Pipe()
-        self.proc = multiprocessing.Process(target=run_jmaple, args=(data_dir, self.port, access_log, push, backlog, child),
-                                            daemon=True)
+        self.proc = multiprocessing.Process(
+            target=run_jmaple, args=(data_dir, self.port, access_log, push, backlog, gc_threshold, child), daemon=True)
         self.proc.start()
         CHILDREN.append(self.proc)
         if not parent.poll(60):
@@ -290,9 +293,10 @@ def phase_sse(args: argparse.Namespace, tmp: str) -> None:
     data_dir = os.path.join(tmp, "sse")
     account_id, token = asyncio.run(prepare(data_dir))
     auth = f"Bearer {token}"
-    server = Server(data_dir, access_log=False, backlog=args.backlog)
+    server = Server(data_dir, access_log=False, backlog=args.backlog, gc_threshold=args.gc_threshold)
     gens = Generators(args.generators, server.port, auth)
-    print(f"listen backlog: {args.backlog or 'aiohttp default (128), as jmapled serve'}", flush=True)
+    print(f"listen backlog: {args.backlog or 'aiohttp default (128), as jmapled serve'}; garbage collector "
+          f"thresholds: {args.gc_threshold or 'Python default, as jmapled serve'}", flush=True)
     print(f"RLIMIT_NOFILE: server {server.nofile}, load generators {gens.nofile[0]} each "
           f"({args.generators} generators)", flush=True)
     mutator = Mutator(server.port, auth, account_id)
@@ -321,8 +325,8 @@ def phase_sse(args: argparse.Namespace, tmp: str) -> None:
             before = server.rss()
             count = gens.keep(count)
             time.sleep(1.0)
-            # Closed SSE connections whose handler has not written since are noticed only by the next write:
-            # one mutation (not counted below) shows what that first write costs, and frees them.
+            # The server releases closed SSE connections within about a second; one mutation (not counted
+            # below) shows what the first fan-out after the closes costs.
             cpu = cpu_seconds(server.proc.pid)
             reach(gens, mutator, count, 1)
             print(f"  closing down to {count} clients: server RSS {before / KiB:.1f} -> {server.rss() / KiB:.1f} MiB "
@@ -464,12 +468,16 @@ def phase_webhooks(args: argparse.Namespace, tmp: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=10_000)
-    parser.add_argument("--generators", type=int, default=4, help="load generator processes")
+    parser.add_argument("--generators", type=int, default=1,
+                        help="load generator processes; all share CPU 1, so more only add context switches")
     parser.add_argument("--mutations", type=int, default=20, help="mutations per reach measurement")
     parser.add_argument("--webhooks", type=int, default=1000)
     parser.add_argument("--webhook-rounds", type=int, default=5)
     parser.add_argument("--backlog", type=int, default=None,
                         help="listen backlog of the SSE server (default: aiohttp's, as jmapled serve)")
+    parser.add_argument("--gc-threshold", type=lambda v: tuple(int(x) for x in v.split(",")), default=None,
+                        help="gc.set_threshold() of the SSE server, e.g. 50000,20,10 (default: Python's, as "
+                             "jmapled serve)")
     parser.add_argument("--storm-timeout", type=float, default=20.0)
     parser.add_argument("--no-storm", dest="storm", action="store_false")
     parser.add_argument("--phases", default="sse,ws,webhooks")

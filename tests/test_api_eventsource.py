@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 
-from conftest import basic, share
+from conftest import PASSWORD, basic, share
 from jmaple.app import make_app
+from jmaple.cli import make_runner
 from jmaple.config import Config
-from jmaple.keys import RUNTIME, SUPERVISOR
+from jmaple.keys import PUBLISHER, RUNTIME, SUPERVISOR
 from jmaple.store import changes
 from jmaple.store.db import Database
-from jmaple.users import create_credential
+from jmaple.users import create_credential, create_user
 from notes import PLUGIN as NOTES_PLUGIN
 
 URL = "/jmap/eventsource?types={types}&closeafter={closeafter}&ping={ping}"
@@ -249,3 +254,171 @@ async def test_the_session_advertises_the_ticket_endpoint(client):
     ticket = [v for k, v in session["capabilities"].items() if k.endswith("ticket")]
     assert ticket and ticket[0]["url"].endswith("/jmap/ticket")
 
+
+
+@pytest.fixture
+async def served(tmp_path):
+    """The app under the runner `jmapled serve` uses, on a random port of 127.0.0.1.
+
+    Unlike aiohttp's test server, that runner does not cancel a handler whose client disconnects: the
+    handler has to notice by itself.
+    """
+    config = Config.for_tests(data_dir=tmp_path / "served")
+    app = make_app(config, capabilities=[NOTES_PLUGIN])
+    runner = make_runner(app, config)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    user = await create_user(app[RUNTIME], "alice@example.org", "Alice", PASSWORD)
+    # Wait for the change poller to publish the new account, so that nothing is written to the streams
+    # a test opens unless the test itself changes something.
+    async with app[RUNTIME].db.read() as conn:
+        seq = await changes.current_seq(conn)
+    async with asyncio.timeout(5):
+        while app[PUBLISHER].watermark < seq:
+            await asyncio.sleep(0.02)
+    try:
+        yield SimpleNamespace(app=app, runner=runner, port=runner.addresses[0][1], auth=basic("alice@example.org"),
+                              account_id=user.account_id)
+    finally:
+        await runner.cleanup()
+
+
+def raw_request(served: Any, path: str = URL.format(types="*", closeafter="no", ping=0), extra: str = "") -> bytes:
+    return (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{served.port}\r\nAuthorization: {served.auth}\r\n"
+            f"Accept: text/event-stream\r\n{extra}\r\n").encode()
+
+
+async def raw_stream(served: Any, **kwargs: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    writer.write(raw_request(served, **kwargs))
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    return reader, writer
+
+
+async def test_idle_streams_of_clients_that_left_are_released_promptly(served):
+    """With ping=0 nothing is written to an idle stream, so the server must notice a closed connection
+    without writing: within a second or two every subscription and stream is released."""
+    broker, supervisor = served.app[RUNTIME].broker, served.app[SUPERVISOR]
+    clients = [await raw_stream(served) for _ in range(60)]
+    async with asyncio.timeout(5):
+        while broker.subscriber_count() < 60 or len(supervisor.streams) < 60:
+            await asyncio.sleep(0.02)
+    for n, (_, writer) in enumerate(clients):
+        if n % 2:
+            writer.transport.abort()   # a reset
+        else:
+            writer.close()             # an orderly close
+    async with asyncio.timeout(2):
+        while broker.subscriber_count() or supervisor.streams or served.runner.server.connections:
+            await asyncio.sleep(0.02)
+
+
+async def test_a_client_leaving_at_once_logs_no_error(served, caplog):
+    """A client that disconnects before the response began is normal: nothing at ERROR."""
+    request = raw_request(served, extra="Last-Event-ID: s0\r\n")
+    for n in range(40):
+        _, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        writer.write(request)
+        if n % 2:
+            writer.transport.abort()
+        else:
+            writer.close()
+    async with asyncio.timeout(5):
+        while served.runner.server.connections or served.app[SUPERVISOR].streams:
+            await asyncio.sleep(0.02)
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    # The server still serves streams.
+    reader, writer = await raw_stream(served)
+    writer.close()
+
+
+async def read_events(reader: asyncio.StreamReader, until: Any, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """Events from a raw chunked event stream (chunk framing skipped) until until(event) is true."""
+    events: list[dict[str, Any]] = []
+    event: dict[str, Any] = {}
+    async with asyncio.timeout(timeout):
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+            data = await reader.readexactly(size + 2)
+            for line in data[:-2].decode().split("\n"):
+                if not line:
+                    if event:
+                        events.append(event)
+                        if until(event):
+                            return events
+                        event = {}
+                    continue
+                field, _, value = line.partition(": ")
+                event[field] = orjson.loads(value) if field == "data" else value
+
+
+async def test_a_stalled_reader_costs_one_merged_event_and_gets_the_newest_state(served):
+    """A client that stops reading is not sent every change: what it missed is coalesced into the newest
+    states (RFC 8620 §7.3 lets a server send one StateChange for several changes), and none is lost."""
+    broker = served.app[RUNTIME].broker
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", served.port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 16)
+    writer.write(raw_request(served))
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 ")
+    async with asyncio.timeout(5):
+        while broker.subscriber_count() < 1:
+            await asyncio.sleep(0.02)
+    writer.transport.pause_reading()   # the client stalls: its kernel buffers fill, then the server's
+    published = 40_000
+    for n in range(1, published + 1):
+        await broker.publish(served.account_id, {"Note": str(n), "Mailbox": "7"})
+    writer.transport.resume_reading()
+    events = await read_events(reader, lambda e: e["data"]["changed"][served.account_id]["Note"] == str(published))
+    assert events[-1]["data"]["changed"] == {served.account_id: {"Note": str(published), "Mailbox": "7"}}
+    assert len(events) < published, len(events)
+    notes = [int(e["data"]["changed"][served.account_id]["Note"]) for e in events]
+    assert notes == sorted(notes)
+    writer.close()
+
+
+async def test_a_ping_follows_the_interval_after_the_last_event_of_any_kind(fast_ping_client):
+    """RFC 8620 §7.3: a ping is sent whenever the interval elapses since the previous event was sent."""
+    loop = asyncio.get_running_loop()
+    resp = await open_stream(fast_ping_client, types="Note", ping=1)
+    opened = loop.time()
+    while loop.time() - opened < 0.6:   # events keep the stream busy for a while
+        await create_note(fast_ping_client)
+        assert (await next_event(resp))["event"] == "state"
+    last_state = loop.time()
+    event = await next_event(resp, timeout=3)
+    assert event == {"event": "ping", "data": {"interval": 1}}
+    assert loop.time() - last_state > 0.7   # not 1 s after the stream opened, but after the last event
+    resp.close()
+
+
+async def test_clients_resuming_from_the_same_event_id_each_get_what_changed_before_they_came(client):
+    """RFC 8620 §7.3: Last-Event-ID resumes a stream; what changed before the reconnect is sent at once,
+    however many clients resume from the same id."""
+    resp = await open_stream(client)
+    await create_note(client)
+    last_id = (await next_event(resp))["id"]
+    resp.close()
+    for n in range(5):
+        state = await create_note(client, f"away {n}")
+        resp = await open_stream(client, types="Note", headers={"Last-Event-ID": last_id})
+        while (await next_event(resp))["data"]["changed"][client.account_id]["Note"] != state:
+            pass
+        resp.close()
+
+
+async def test_head_answers_with_the_headers_of_the_stream_and_ends(served):
+    """HEAD gets GET's headers and no body (RFC 9110 §9.3.2): no stream stays open, and the connection
+    serves the next request."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    writer.write(raw_request(served).replace(b"GET ", b"HEAD ", 1)
+                 + f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{served.port}\r\n\r\n".encode())
+    async with asyncio.timeout(5):
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ") and b"Content-Type: text/event-stream\r\n" in head
+        assert b"Transfer-Encoding" not in head
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 ")
+    writer.close()

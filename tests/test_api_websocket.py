@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 
-from conftest import CORE, NOTES, basic
+from conftest import CORE, NOTES, PASSWORD, basic
 from jmaple.app import make_app
+from jmaple.cli import make_runner
 from jmaple.config import Config
 from jmaple.keys import RUNTIME, SUPERVISOR
 from jmaple.store import accounts
-from jmaple.users import create_credential
+from jmaple.users import create_credential, create_user
 from notes import PLUGIN as NOTES_PLUGIN
 
 USING = [CORE, NOTES]
@@ -215,4 +220,52 @@ async def test_no_stream_leaks_after_many_connections(client):
         await ws.close()
     async with asyncio.timeout(5):
         while client.app[RUNTIME].broker.subscriber_count() or client.app[SUPERVISOR].streams:
+            await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def served(tmp_path):
+    """The app under the runner `jmapled serve` uses (no handler cancellation on disconnect)."""
+    config = Config.for_tests(data_dir=tmp_path / "served")
+    app = make_app(config, capabilities=[NOTES_PLUGIN])
+    runner = make_runner(app, config)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    await create_user(app[RUNTIME], "alice@example.org", "Alice", PASSWORD)
+    try:
+        yield SimpleNamespace(app=app, runner=runner, port=runner.addresses[0][1], auth=basic("alice@example.org"))
+    finally:
+        await runner.cleanup()
+
+
+def masked_text_frame(payload: bytes) -> bytes:
+    """A client's text frame (RFC 6455 §5.2), short payloads only."""
+    assert len(payload) < 126
+    mask = os.urandom(4)
+    return bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def test_sockets_of_clients_that_vanished_are_released(served):
+    """A client that resets or half-closes without a Close frame: its push subscription goes at once."""
+    broker, supervisor = served.app[RUNTIME].broker, served.app[SUPERVISOR]
+    enable = masked_text_frame(orjson.dumps({"@type": "WebSocketPushEnable", "dataTypes": None}))
+    clients = []
+    for _ in range(40):
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(f"GET /jmap/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {served.auth}\r\n"
+                     f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                     f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: jmap\r\n\r\n".encode() + enable)
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101 ")
+        clients.append(writer)
+    async with asyncio.timeout(5):
+        while broker.subscriber_count() < 40:
+            await asyncio.sleep(0.02)
+    for n, writer in enumerate(clients):
+        if n % 2:
+            writer.transport.abort()
+        else:
+            writer.close()
+    async with asyncio.timeout(2):
+        while broker.subscriber_count() or supervisor.streams or served.runner.server.connections:
             await asyncio.sleep(0.02)

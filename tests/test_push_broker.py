@@ -43,7 +43,7 @@ async def test_type_filter():
     broker = PushBroker()
     sub = broker.subscribe(["A1"], ["Email"])
     await broker.publish("A1", {"Note": "1"})
-    assert not sub.ready.is_set()
+    assert sub.pending == {}
     await broker.publish("A1", {"Note": "2", "Email": "2"})
     assert sub.take() == {"A1": {"Email": "2"}}
 
@@ -106,3 +106,74 @@ async def test_next_returns_nothing_once_closed():
     sub.close()
     async with asyncio.timeout(1):
         assert await waiter == {}
+
+
+async def test_a_sink_takes_each_state_change_while_nothing_is_pending():
+    """Subscribers with the same filter are handed the same map, so it can be encoded once for all."""
+    broker = PushBroker()
+    seen: list[tuple[str, dict]] = []
+    subs = []
+    for name, types in (("a", None), ("b", None), ("c", ["Email"]), ("d", ["Email"]), ("e", ["Mailbox"])):
+        sub = broker.subscribe(["A1"], types)
+        sub.sink = lambda changed, name=name: seen.append((name, changed)) is None
+        subs.append(sub)
+    await broker.publish("A1", {"Note": "1", "Email": "2"})
+    assert sorted((name, changed) for name, changed in seen) == [
+        ("a", {"A1": {"Note": "1", "Email": "2"}}), ("b", {"A1": {"Note": "1", "Email": "2"}}),
+        ("c", {"A1": {"Email": "2"}}), ("d", {"A1": {"Email": "2"}})]
+    by_name = dict(seen)
+    assert by_name["a"] is by_name["b"] and by_name["c"] is by_name["d"]
+    assert all(sub.take() == {} for sub in subs)
+
+
+async def test_a_refusing_sink_leaves_the_states_pending_and_is_skipped_until_they_are_taken():
+    broker = PushBroker()
+    sub = broker.subscribe(["A1"])
+    offered = []
+    accept = False
+
+    def sink(changed):
+        offered.append(changed)
+        return accept
+
+    sub.sink = sink
+    await broker.publish("A1", {"Note": "1"})
+    accept = True
+    await broker.publish("A1", {"Note": "2"})   # must not overtake the pending "1": merged behind it
+    assert offered == [{"A1": {"Note": "1"}}]
+    async with asyncio.timeout(1):
+        assert await sub.next() == {"A1": {"Note": "2"}}
+    await broker.publish("A1", {"Note": "3"})
+    assert offered[-1] == {"A1": {"Note": "3"}}
+    assert sub.take() == {}
+
+
+async def test_a_sink_that_fails_or_closes_its_subscription_does_not_stop_the_others():
+    broker = PushBroker()
+    broken = broker.subscribe(["A1"])
+    closing = broker.subscribe(["A1"])
+    plain = broker.subscribe(["A1"])
+
+    def fail(changed):
+        raise RuntimeError("boom")
+
+    broken.sink = fail
+    closing.sink = lambda changed: closing.close() is None
+    await broker.publish("A1", {"Note": "1"})
+    assert broken.take() == {"A1": {"Note": "1"}}
+    assert plain.take() == {"A1": {"Note": "1"}}
+    assert closing.closed and broker.subscriber_count() == 2
+
+
+async def test_the_map_handed_to_sinks_is_never_changed_by_later_merges():
+    broker = PushBroker()
+    kept = []
+    a = broker.subscribe(["A1"])
+    a.sink = lambda changed: kept.append(changed) is None
+    b = broker.subscribe(["A1"])          # no sink: merges
+    states = {"Note": "1"}
+    await broker.publish("A1", states)
+    await broker.publish("A1", {"Note": "2"})
+    states["Note"] = "99"
+    assert kept[0] == {"A1": {"Note": "1"}}
+    assert b.take() == {"A1": {"Note": "2"}}

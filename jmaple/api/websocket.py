@@ -19,6 +19,11 @@ from jmaple.keys import AUTH_HEADER, CONFIG, DISPATCHER, LIMITER, PUBLISHER, RUN
 log = logging.getLogger(__name__)
 
 
+def state_change_text(changed: push_state.Changed, seq: int) -> str:
+    """A StateChange message (RFC 8887 §4.3.5.1); encoded once for every socket that sends it."""
+    return orjson.dumps(push_state.state_change(changed, push_state.encode(seq))).decode()
+
+
 class Connection:
     """One JMAP WebSocket: its in-flight requests, its push subscription, and one lock for sending."""
 
@@ -32,9 +37,12 @@ class Connection:
         self.pusher: asyncio.Task[None] | None = None
 
     async def send(self, message: dict[str, Any]) -> None:
+        await self.send_text(orjson.dumps(message).decode())
+
+    async def send_text(self, text: str) -> None:
         async with self.send_lock:
             if not self.ws.closed:
-                await self.ws.send_str(orjson.dumps(message).decode())
+                await self.ws.send_str(text)
 
     async def request_error(self, exc: RequestError, request_id: Any = None) -> None:
         await self.send({"@type": "RequestError", "requestId": request_id, **exc.to_json()})
@@ -133,10 +141,11 @@ class Connection:
 
     async def push(self, sub: Any, initial: push_state.Changed) -> None:
         publisher = self.app[PUBLISHER]
+        encoded = self.app[SUPERVISOR].encoded
         changed = initial
         while True:
             if changed:
-                await self.send(push_state.state_change(changed, push_state.encode(publisher.watermark)))
+                await self.send_text(encoded.get(state_change_text, changed, publisher.watermark))
             changed = await sub.next()
             if sub.closed:
                 return

@@ -23,45 +23,66 @@ def _newer(a: str, b: str) -> str:
         return b
 
 
+Sink = Callable[[Changed], bool]
+
+
 class Subscription:
-    """One subscriber: a merged map of the newest pending states and an event that wakes its writer.
+    """One subscriber: a merged map of the newest pending states, and a way to wake its writer.
 
     However long the reader stalls, this holds at most one state per (account, type): constant memory,
     and nothing is lost, since a newer state covers every older one.
+
+    A subscriber may also set `sink`: while nothing is pending, the broker first offers each StateChange
+    to it, from the publishing code itself; a sink that returns True has delivered it (say, written it to
+    a socket that had room), so no writer task needs to wake for it. When it returns False the states
+    are merged into `pending` as usual. A sink must not block, raise, or publish.
     """
+
+    __slots__ = ("_broker", "account_ids", "type_filter", "pending", "closed", "sink", "_waiter")
 
     def __init__(self, broker: PushBroker, account_ids: Iterable[str], type_filter: frozenset[str] | None):
         self._broker = broker
         self.account_ids: frozenset[str] = frozenset(account_ids)
         self.type_filter = type_filter
         self.pending: Changed = {}
-        self.ready = asyncio.Event()
         self.closed = False
+        self.sink: Sink | None = None
+        self._waiter: asyncio.Future[None] | None = None
 
-    def _offer(self, account_id: str, type_states: TypeStates) -> None:
-        if self.type_filter is not None:
-            type_states = {t: s for t, s in type_states.items() if t in self.type_filter}
-            if not type_states:
-                return
-        merged = self.pending.setdefault(account_id, {})
-        for type_name, state in type_states.items():
-            old = merged.get(type_name)
-            merged[type_name] = state if old is None else _newer(state, old)
-        self.ready.set()
+    def _merge(self, account_id: str, type_states: TypeStates) -> None:
+        """Add states (already filtered) to the pending map and wake the writer; never keeps `type_states`."""
+        merged = self.pending.get(account_id)
+        if merged is None:
+            self.pending[account_id] = dict(type_states)
+        else:
+            for type_name, state in type_states.items():
+                old = merged.get(type_name)
+                merged[type_name] = state if old is None else _newer(state, old)
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
 
     def take(self) -> Changed:
         """Everything pending since the last take (possibly empty)."""
         changed, self.pending = self.pending, {}
-        self.ready.clear()
         return changed
 
     async def next(self) -> Changed:
         """Wait for the next non-empty batch of changes; {} once the subscription is closed."""
         while not self.closed:
-            await self.ready.wait()
-            changed = self.take()
-            if changed:
-                return changed
+            if self.pending:
+                return self.take()
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                if self._waiter is waiter:
+                    self._waiter = None
         return {}
 
     def set_accounts(self, account_ids: Iterable[str]) -> None:
@@ -71,8 +92,9 @@ class Subscription:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            self.sink = None
             self._broker._remove(self)
-            self.ready.set()
+            self._wake()
 
     def __enter__(self) -> Subscription:
         return self
@@ -88,6 +110,9 @@ class PushBroker:
         self._by_account: dict[str, set[Subscription]] = {}
         self._hooks: list[Hook] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        # Counts fan-outs: a value computed from the store while it stayed the same has seen every
+        # state handed to subscribers (see api/streams.py, which shares Last-Event-ID answers).
+        self.generation = 0
 
     async def __aenter__(self) -> PushBroker:
         return self
@@ -112,8 +137,7 @@ class PushBroker:
         self.deliver(account_id, type_states)
 
     def deliver(self, account_id: str, type_states: TypeStates) -> None:
-        for sub in self._by_account.get(account_id, ()):
-            sub._offer(account_id, type_states)
+        self._fan_out(account_id, type_states)
         for hook in self._hooks:
             try:
                 result = hook(account_id, dict(type_states))
@@ -124,6 +148,41 @@ class PushBroker:
                 task = asyncio.ensure_future(result)
                 self._tasks.add(task)
                 task.add_done_callback(self._hook_done)
+
+    def _fan_out(self, account_id: str, type_states: TypeStates) -> None:
+        """Hand a StateChange to the account's subscribers (not the hooks).
+
+        Subscribers with the same type filter get the very same `changed` map, so a sink can encode it
+        once for all of them; nobody may modify it.
+        """
+        self.generation += 1
+        subs = self._by_account.get(account_id)
+        if not subs:
+            return
+        everything: Changed = {account_id: dict(type_states)}
+        filtered: dict[frozenset[str], Changed | None] = {}
+        for sub in tuple(subs):   # a sink may close its subscription, which edits the set
+            type_filter = sub.type_filter
+            if type_filter is None:
+                changed: Changed | None = everything
+            else:
+                if type_filter in filtered:
+                    changed = filtered[type_filter]
+                else:
+                    kept = {t: s for t, s in type_states.items() if t in type_filter}
+                    changed = filtered[type_filter] = {account_id: kept} if kept else None
+                if changed is None:
+                    continue
+            if sub.closed:
+                continue
+            sink = sub.sink
+            if sink is not None and not sub.pending:
+                try:
+                    if sink(changed):
+                        continue
+                except Exception:
+                    log.exception("push sink %r failed", sink)
+            sub._merge(account_id, changed[account_id])
 
     def _hook_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

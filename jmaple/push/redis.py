@@ -127,11 +127,6 @@ class RedisPushBroker(PushBroker):
     def _claim_key(self, account_id: str, type_name: str, state: str) -> str:
         return f"{self._prefix}claim:{orjson.dumps([account_id, type_name, state]).decode()}"
 
-    def _fan_out(self, account_id: str, type_states: TypeStates) -> None:
-        """Hand a StateChange another daemon published to our subscribers only (it ran the hooks)."""
-        for sub in self._by_account.get(account_id, ()):
-            sub._offer(account_id, type_states)
-
     def _received(self, data: Any) -> None:
         try:
             message = orjson.loads(data)
