@@ -53,11 +53,14 @@ class StatePublisher:
             seq = await changes.current_seq(conn)
             if seq == self._seq:
                 return
-            self._seq, rows = await changes.committed_since(conn, self._seq)
+            seq, rows = await changes.committed_since(conn, self._seq)
         changed: dict[str, dict[str, int]] = {}
         for account_id, type_name, modseq in rows:
             changed.setdefault(account_id, {})[type_name] = modseq
         await self.publish(changed)
+        # Only now: an event written meanwhile carries the watermark as its id (pushState, SSE id),
+        # and must not claim commits that have not been handed to the broker yet.
+        self._seq = seq
 
     async def watch(self, interval: float = 0.25) -> None:
         """Poll forever (a background task of lifespan)."""
