@@ -1,6 +1,6 @@
 """Benchmark: POST /jmap/api against a bare aiohttp handler returning the same JSON.
 
-Run:  python bench/api.py [--seconds 5] [--connections 32]
+Run:  python bench/api.py [--seconds 5] [--connections 8] [--repeat 3]
 
 Starts, each in its own process: the Jmaple server (default logging), a bare aiohttp server that
 answers the same bytes, and a load generator: wrk when installed (apt-get install wrk), else raw
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import logging
 import multiprocessing
 import os
 import shutil
@@ -167,6 +166,20 @@ def measure_wrk(port: int, body: bytes, connections: int, seconds: float) -> tup
     return rps, latency["50%"], latency["99%"]
 
 
+def measure_both(server_pid: int, bare_pid: int, jport: int, bport: int, body: bytes,
+                 args: argparse.Namespace) -> tuple[float, ...]:
+    """One round, bare then Jmaple: req/s and CPU per request of each, then latency at one connection."""
+    bare_cpu = cpu_seconds(bare_pid)
+    bare_rps, _, _ = measure(bport, body, args.connections, args.seconds)
+    bare_cpu = (cpu_seconds(bare_pid) - bare_cpu) / (bare_rps * args.seconds)
+    ours_cpu = cpu_seconds(server_pid)
+    ours_rps, _, _ = measure(jport, body, args.connections, args.seconds)
+    ours_cpu = (cpu_seconds(server_pid) - ours_cpu) / (ours_rps * args.seconds)
+    _, bare_med, _ = measure(bport, body, 1, args.seconds / 2)
+    _, med, p99 = measure(jport, body, 1, args.seconds / 2)
+    return bare_rps, ours_rps, bare_cpu, ours_cpu, med, p99, bare_med
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process and its threads (aiosqlite's included)."""
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
@@ -209,6 +222,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--connections", type=int, default=8,
                         help="concurrent connections (default: the default maxConcurrentRequests)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds per workload, bare and Jmaple alternating; the medians are printed")
     args = parser.parse_args()
     multiprocessing.set_start_method("spawn")
     with tempfile.TemporaryDirectory() as data_dir:
@@ -238,16 +253,11 @@ def main() -> None:
         ready2.wait(30)
         print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; server pinned to CPU 0, "
               f"load generator ({'wrk' if shutil.which('wrk') else 'python'}) on CPU 1; "
-              f"{args.connections} connections, {args.seconds:.0f} s per run")
+              f"{args.connections} connections, {args.seconds:.0f} s per run, median of {args.repeat} round(s)")
         for label, body in (("Core/echo", echo), ("Note/get x50", get)):
-            bare_cpu = cpu_seconds(bare.pid)
-            bare_rps, _, _ = measure(bport, body, args.connections, args.seconds)
-            bare_cpu = (cpu_seconds(bare.pid) - bare_cpu) / (bare_rps * args.seconds)
-            ours_cpu = cpu_seconds(server.pid)
-            ours_rps, _, _ = measure(jport, body, args.connections, args.seconds)
-            ours_cpu = (cpu_seconds(server.pid) - ours_cpu) / (ours_rps * args.seconds)
-            _, bare_med, bare_p99 = measure(bport, body, 1, args.seconds / 2)
-            _, med, p99 = measure(jport, body, 1, args.seconds / 2)
+            rounds = [measure_both(server.pid, bare.pid, jport, bport, body, args) for _ in range(args.repeat)]
+            bare_rps, ours_rps, bare_cpu, ours_cpu, med, p99, bare_med = (
+                statistics.median(r[i] for r in rounds) for i in range(7))
             print(f"{label:13} bare {bare_rps:8.0f} req/s   jmaple {ours_rps:8.0f} req/s   "
                   f"ratio {ours_rps / bare_rps:5.1%}   latency@1conn median {med * 1000:.3f} ms "
                   f"p99 {p99 * 1000:.3f} ms (bare median {bare_med * 1000:.3f} ms)")

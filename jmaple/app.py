@@ -15,8 +15,8 @@ from aiohttp import web
 from jmaple.api import add_routes
 from jmaple.api.streams import StreamSupervisor
 from jmaple.api.ticket import Tickets
-from jmaple.api.http import Limiter, cors_middleware, problem_middleware
-from jmaple.auth import Authenticator, auth_middleware
+from jmaple.api.http import Limiter, front_middleware
+from jmaple.auth import Authenticator, auth_gate
 from jmaple.config import Config
 from jmaple.core.capability import Plugin, Registry
 from jmaple.core.context import Runtime
@@ -132,8 +132,8 @@ async def close_streams(app: web.Application) -> None:
 def make_app(config: Config, *, capabilities: Sequence[Plugin] = ()) -> web.Application:
     """The aiohttp application; its parts open in lifespan()."""
     app = web.Application(
-        middlewares=[cors_middleware(config.server), problem_middleware,
-                     auth_middleware(AUTHENTICATOR, config.server, PRINCIPAL, AUTH_HEADER, TICKETS)],
+        middlewares=[front_middleware(config.server,
+                                      auth_gate(AUTHENTICATOR, config.server, PRINCIPAL, AUTH_HEADER, TICKETS))],
         client_max_size=max(config.limits.max_size_request, config.limits.max_size_upload) + 1,
     )
     app[CONFIG] = config

@@ -11,7 +11,7 @@ import ipaddress
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,20 +200,21 @@ PUBLIC_METHODS = frozenset({"GET", "HEAD"})
 TICKET_PATHS = frozenset({"/jmap/eventsource", "/jmap/ws"})
 
 
-def auth_middleware(authenticator_key: web.AppKey[Authenticator], server: ServerConfig,
-                    principal_key: web.RequestKey[Principal], header_key: web.RequestKey[str],
-                    tickets_key: web.AppKey[Any]) -> object:
-    """Every request but the discovery redirect, preflight and /healthz needs valid credentials.
+def auth_gate(authenticator_key: web.AppKey[Authenticator], server: ServerConfig,
+              principal_key: web.RequestKey[Principal], header_key: web.RequestKey[str],
+              tickets_key: web.AppKey[Any]) -> Callable[[web.Request], Awaitable[web.StreamResponse | None]]:
+    """The check every request but the discovery redirect, preflight and /healthz passes: None once
+    the request carries the Principal, else the 401 response to send.
 
     The push streams also accept `?ticket=` (browsers cannot set Authorization on them); a ticket stands
     for the credentials it was issued with, so revoking those ends it too.
     """
     from jmaple.api.http import problem   # api depends on auth's types, not the other way round
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Callable[[web.Request], object]) -> web.StreamResponse:
-        if request.method == "OPTIONS" or (request.method in PUBLIC_METHODS and request.path in PUBLIC_PATHS):
-            return await handler(request)
+    async def gate(request: web.Request) -> web.StreamResponse | None:
+        method = request.method
+        if method == "OPTIONS" or (method in PUBLIC_METHODS and request.path in PUBLIC_PATHS):
+            return None
         authenticator = request.app[authenticator_key]
         header = request.headers.get("Authorization")
         if header is None and request.path in TICKET_PATHS and "ticket" in request.query:
@@ -230,6 +231,6 @@ def auth_middleware(authenticator_key: web.AppKey[Authenticator], server: Server
             return response
         request[principal_key] = principal
         request[header_key] = header
-        return await handler(request)
+        return None
 
-    return middleware
+    return gate

@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from conftest import CORE, USING, add_user, basic
+from jmaple.api.http import GZIP_OFFLOAD_MIN
 from jmaple.app import make_app
 from jmaple.config import Config
 from jmaple.core.capability import Capability, Method, Plugin
@@ -137,6 +138,30 @@ async def test_a_large_json_response_is_gzipped_when_accepted(client, accept_enc
     raw = await resp.read()
     assert len(raw) < len(orjson.dumps(BIG))
     assert orjson.loads(gzip.decompress(raw))["methodResponses"] == [["Core/echo", BIG, "0"]]
+
+
+async def test_a_very_large_json_response_is_still_valid_gzip_of_the_same_json(client):
+    """Past GZIP_OFFLOAD_MIN the body is compressed on a worker thread at a faster level: same JSON."""
+    rows = [{"id": f"M{n}", "text": f"message {n}: " + "some quoted reply text, " * (n % 50)} for n in range(3000)]
+    huge = {"rows": rows}
+    assert len(orjson.dumps(huge)) > 4 * GZIP_OFFLOAD_MIN
+    resp = await echo(client, huge, {"Accept-Encoding": "gzip"}, auto_decompress=False)
+    assert resp.status == 200
+    assert resp.headers["Content-Encoding"] == "gzip"
+    assert "Accept-Encoding" in resp.headers["Vary"]
+    raw = await resp.read()
+    assert int(resp.headers["Content-Length"]) == len(raw)
+    assert len(raw) < len(orjson.dumps(huge)) / 4
+    assert orjson.loads(gzip.decompress(raw))["methodResponses"] == [["Core/echo", huge, "0"]]
+
+
+async def test_a_large_compressed_response_and_a_small_one_in_flight_together_each_get_their_own(client):
+    huge = {"text": [f"line {n} of a long, long body" for n in range(40_000)]}
+    big = asyncio.ensure_future(echo(client, huge, {"Accept-Encoding": "gzip"}))
+    small = await echo(client, {"small": True})
+    assert small.status == 200
+    resp = await big
+    assert (await resp.json())["methodResponses"] == [["Core/echo", huge, "0"]]
 
 
 @pytest.mark.parametrize("accept_encoding", [None, "identity", "br", "gzip;q=0", "deflate, *;q=0", "gzip;q=0, *"])

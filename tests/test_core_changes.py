@@ -9,11 +9,13 @@ from typing import Any
 
 import pytest
 
-from conftest import basic, share
-from jmaple.app import DATABASE_FILE
+from conftest import add_user, basic, share
+from jmaple.app import DATABASE_FILE, make_app
+from jmaple.config import Config
 from jmaple.keys import CONFIG, RUNTIME
 from jmaple.store import changes
 from jmaple.store.db import Database
+from notes import PLUGIN as NOTES_PLUGIN
 
 
 async def create_notes(client, *objects: dict[str, Any], account_id: str | None = None) -> list[str]:
@@ -207,6 +209,32 @@ async def test_max_changes_paging_reaches_the_same_cache_as_one_call(client):
             assert calls < 200
         assert state == final
         assert cache == set(live), max_changes
+
+
+@pytest.mark.parametrize("max_changes", [None, 5, 1000])
+async def test_changes_returns_at_most_max_objects_in_get_ids_whatever_max_changes_asks(
+        aiohttp_client, tmp_path, max_changes):
+    """RFC 8620 §5.2 lets the server return fewer changes than maxChanges: one response holds at most
+    maxObjectsInGet ids (so they fit one /get), says hasMoreChanges, and the pages add up."""
+    config = Config.for_tests(data_dir=tmp_path / "capped", limits={"max_objects_in_get": 3})
+    client = await aiohttp_client(make_app(config, capabilities=[NOTES_PLUGIN]))
+    user = await add_user(client, "alice@example.org")
+    client.auth = basic("alice@example.org")
+    client.account_id = user.account_id
+    since = await state_of(client)
+    created = await create_notes(client, *({"rank": n} for n in range(7)))
+    args = {} if max_changes is None else {"maxChanges": max_changes}
+    state, pages, seen = since, [], []
+    while True:
+        page = await note_changes(client, state, **args)
+        pages.append((len(page["created"]), len(page["updated"]), len(page["destroyed"]), page["hasMoreChanges"]))
+        seen += page["created"]
+        state = page["newState"]
+        if not page["hasMoreChanges"]:
+            break
+    assert pages == [(3, 0, 0, True), (3, 0, 0, True), (1, 0, 0, False)]
+    assert seen == created
+    assert state == await state_of(client)
 
 
 async def test_changes_reports_updated_properties_when_only_counters_changed(client):

@@ -92,6 +92,28 @@ async def test_an_id_asked_twice_comes_back_once(client):
     assert result["notFound"] == ["Nmissing"]
 
 
+@pytest.mark.parametrize("ids", [
+    ["Nabc\n"], ["N1", "N2,N3"], ["N1", ""], ["x" * 256], ["N1", 5], ["N1", None], [["N1"]], ["#"], ["##c"],
+    ["N 1"], ["Né"], "N1", {"N1": True},
+])
+async def test_get_with_ids_that_are_not_ids_is_invalid_arguments(client, ids):
+    """RFC 8620 §1.2: an Id is 1-255 characters of A-Za-z0-9, "-" and "_" (a "#" may prefix a creation id)."""
+    error = await client.error("Note/get", {"accountId": client.account_id, "ids": ids})
+    assert error == {"type": "invalidArguments", "description": "ids must be a list of Ids"}
+
+
+async def test_get_of_many_ids_with_and_without_creation_references(client):
+    notes = await create_notes(client, *({"rank": n} for n in range(20)))
+    result = await client.call("Note/get", {"ids": [*reversed(notes), "Nmissing"], "properties": ["rank"]})
+    assert result["list"] == [{"id": i, "rank": n} for n, i in reversed(list(enumerate(notes)))]
+    assert result["notFound"] == ["Nmissing"]
+    (_, created, _), (_, got, _) = await client.calls(
+        ("Note/set", {"accountId": client.account_id, "create": {"k": {"title": "new"}}}),
+        ("Note/get", {"accountId": client.account_id, "ids": [notes[0], "#k", "#unknown"], "properties": ["title"]}))
+    assert got["list"] == [{"id": notes[0], "title": ""}, {"id": created["created"]["k"]["id"], "title": "new"}]
+    assert got["notFound"] == ["#unknown"]
+
+
 async def test_get_does_not_see_objects_of_another_account(client, bob):
     """An id from another account is not found in this one."""
     alice = client.account_id

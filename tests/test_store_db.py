@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+
+import pytest
 
 from jmaple.config import StorageConfig
 from jmaple.store.db import Database
@@ -37,3 +40,62 @@ async def test_opening_something_that_is_not_a_database_fails_cleanly(tmp_path):
             raise AssertionError("opened a non-database")
     except Exception as exc:
         assert "not a database" in str(exc) or "file is not a database" in str(exc)
+
+
+SLOW_READ = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 300000)"
+             " SELECT count(*) FROM c")
+
+
+async def test_a_read_too_slow_for_the_event_loop_finishes_on_its_thread_while_the_loop_turns(tmp_path):
+    """Quick reads run on the event loop; one past the inline budget moves to the reader's thread."""
+    async with Database.open(tmp_path / "db.sqlite3", StorageConfig()) as db:
+        async with db.read() as conn:
+            assert await conn.all("SELECT 1") == [(1,)]
+            read = asyncio.ensure_future(conn.value(SLOW_READ))
+            turns = 0
+            while not read.done():
+                turns += 1
+                await asyncio.sleep(0)
+            assert read.result() == 300000
+            assert turns > 10
+            assert await conn.value(SLOW_READ) == 300000   # known to be slow now: straight to the thread
+            assert await conn.value("SELECT 2") == 2
+
+
+async def test_a_cancelled_slow_read_gives_its_reader_back_only_when_its_thread_is_done(tmp_path):
+    async with Database.open(tmp_path / "db.sqlite3", StorageConfig(readers=1)) as db:
+
+        async def slow() -> int:
+            async with db.read() as conn:
+                return await conn.value(SLOW_READ)
+
+        for _ in range(3):
+            task = asyncio.ensure_future(slow())
+            await asyncio.sleep(0)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            async with db.read() as conn:   # the one reader: usable once its thread has finished
+                assert await conn.value("SELECT 42") == 42
+
+
+async def test_a_queued_read_runs_with_the_next_statement_and_keeps_its_own_result_or_error(tmp_path):
+    async with Database.open(tmp_path / "db.sqlite3", StorageConfig()) as db:
+        async with db.write() as tx:
+            await tx.execute("CREATE TABLE t (x INTEGER)")
+            await tx.executemany("INSERT INTO t VALUES (?)", [(1,), (2,)])
+        async with db.read() as conn:
+            count = conn.later("SELECT count(*) FROM t", (), lambda rows: rows[0][0])
+            broken = conn.later("SELECT nope FROM nowhere")
+            assert await conn.all("SELECT x FROM t ORDER BY x") == [(1,), (2,)]
+            assert await count == 2
+            with pytest.raises(sqlite3.OperationalError, match="no such table"):
+                await broken
+            alone = conn.later("SELECT 3")
+            assert await alone == [(3,)]   # nothing came after it: it runs on its own
+        async with db.write() as tx:
+            total = tx.later("SELECT sum(x) FROM t", (), lambda rows: rows[0][0])
+            broken = tx.later("SELECT nope FROM nowhere")
+            await tx.execute("INSERT INTO t VALUES (3)")
+            assert await total == 3   # read before the insert that followed it
+            with pytest.raises(sqlite3.OperationalError):
+                await broken

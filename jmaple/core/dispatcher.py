@@ -112,8 +112,13 @@ class Dispatcher:
     def knows(self, urn: str) -> bool:
         return urn in self.registry.capabilities
 
-    async def handle(self, principal: Principal, body: Any) -> Response:
-        """Answer a parsed Request; raises RequestError if it cannot be processed at all."""
+    async def handle(self, principal: Principal, body: Any, max_depth: int | None = None) -> Response:
+        """Answer a parsed Request; raises RequestError if it cannot be processed at all.
+
+        `max_depth` is what the transport knows of the body's nesting at most (e.g. its count of
+        brackets); within MAX_ARGUMENT_DEPTH, no call's arguments need walking to check it.
+        """
+        check_depth = max_depth is None or max_depth > MAX_ARGUMENT_DEPTH
         using, calls, created_in = parse_request(body, self.knows, self.runtime.config.limits.max_calls_in_request)
         if self.trace:
             self.trace("request", body)
@@ -125,7 +130,7 @@ class Dispatcher:
                 method = self.registry.methods.get(name)
                 if method is None or method.capability not in used:
                     raise MethodError("unknownMethod", f"{name} is not a method of the capabilities in using")
-                if nesting_depth(args, MAX_ARGUMENT_DEPTH) > MAX_ARGUMENT_DEPTH:
+                if check_depth and nesting_depth(args, MAX_ARGUMENT_DEPTH) > MAX_ARGUMENT_DEPTH:
                     raise invalid_arguments(f"the arguments nest deeper than {MAX_ARGUMENT_DEPTH} levels")
                 args = resolve_references(args, responses)
                 result, extra = await self._call(principal, method, name, args, call_id, created_ids)

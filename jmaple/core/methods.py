@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import re
 import unicodedata
@@ -28,7 +27,26 @@ MAX_FILTER_DEPTH = 32
 
 
 def is_id(value: Any) -> bool:
-    return isinstance(value, str) and ID_RE.match(value) is not None
+    # fullmatch: "$" would also match before a trailing newline.
+    return isinstance(value, str) and ID_RE.fullmatch(value) is not None
+
+
+# Lists of Ids are checked in one regex over the joined list: the separator cannot occur in an Id, and
+# counting it catches an element that smuggles one in. A "#" may prefix creation ids where allowed.
+_IDS_RE = re.compile(r"[A-Za-z0-9_-]{1,255}(?:,[A-Za-z0-9_-]{1,255})*")
+_IDS_OR_REFS_RE = re.compile(r"#?[A-Za-z0-9_-]{1,255}(?:,#?[A-Za-z0-9_-]{1,255})*")
+
+
+def are_ids(values: list[Any], creation_refs: bool = False) -> bool:
+    """Whether every element is an Id (or, with creation_refs, "#" and a creation id)."""
+    if not values:
+        return True
+    try:
+        joined = ",".join(values)
+    except TypeError:   # an element that is not a string
+        return False
+    return (joined.count(",") == len(values) - 1
+            and (_IDS_OR_REFS_RE if creation_refs else _IDS_RE).fullmatch(joined) is not None)
 
 
 def is_int(value: Any) -> bool:
@@ -49,8 +67,8 @@ class Args:
     """A method's arguments, checked one by one; any problem is invalidArguments naming the argument."""
 
     def __init__(self, args: dict[str, Any], allowed: Iterable[str]):
-        unknown = sorted(set(args) - set(allowed))
-        if unknown:
+        if not (allowed if isinstance(allowed, frozenset) else frozenset(allowed)).issuperset(args):
+            unknown = sorted(set(args) - set(allowed))
             raise invalid_arguments(f"unknown argument {unknown[0]!r}")
         self.args = args
 
@@ -69,9 +87,7 @@ class Args:
         value = self._get(name, None)
         if value is None and nullable:
             return None
-        if not isinstance(value, list) or not all(
-                is_id(v) or (creation_refs and isinstance(v, str) and v.startswith("#") and is_id(v[1:]))
-                for v in value):
+        if not isinstance(value, list) or not are_ids(value, creation_refs):
             raise invalid_arguments(f"{name} must be a list of Ids")
         return value
 
@@ -141,40 +157,48 @@ def select_properties(data_type: DataType, properties: list[str] | None) -> list
 
 def unique_ids(ctx: MethodContext, ids: list[str]) -> list[str]:
     """Resolve "#creationId"s and drop repeats, keeping the first occurrence (an id asked twice comes once)."""
+    if "#" not in "".join(ids):   # no creation ids: the common case, without a call per id
+        return list(dict.fromkeys(ids))
     return list(dict.fromkeys(ctx.resolve_id(i) or i for i in ids))
 
 
-def _select(obj: dict[str, Any], properties: list[str]) -> dict[str, Any]:
-    """The asked-for properties of a stored object (missing ones as null); the object itself if it has
-    exactly those, which spares a copy in the common case of a /get without `properties`."""
-    if len(obj) == len(properties) and all(p in obj for p in properties):
-        return obj
-    return {p: obj.get(p) for p in properties}
+def select(objects: Iterable[dict[str, Any]], properties: list[str]) -> list[dict[str, Any]]:
+    """The asked-for properties of stored objects (missing ones as null). An object that has exactly
+    those is returned itself, which spares a copy in the common case of a /get without `properties`."""
+    wanted = frozenset(properties)
+    return [o if o.keys() == wanted else {p: o.get(p) for p in properties} for o in objects]
 
 
 async def standard_get(ctx: MethodContext, args: dict[str, Any], data_type: DataType) -> dict[str, Any]:
     """Foo/get (RFC 8620 §5.1): the objects asked for, or all of them."""
-    a = Args(args, ("accountId", "ids", "properties"))
+    a = Args(args, _GET_ARGS)
     ids = a.ids("ids", creation_refs=True)
     properties = select_properties(data_type, a.strings("properties"))
     limit = ctx.config.limits.max_objects_in_get
     if ids is not None:
         check_count(ctx, len(ids), limit, "ids")
         ids = unique_ids(ctx, ids)
-    # Both statements are queued at once on the connection's thread, state first (so it is never newer
-    # than the objects): one wait instead of two.
-    state, objects = await asyncio.gather(changes.state(ctx.conn, ctx.account_id, data_type.name),
-                                          data_type.store.get(ctx.conn, ctx.account_id, ids))
+    # The state is read first (so it is never newer than the objects), in the same hop as the store's
+    # first statement.
+    state = changes.state_later(ctx.conn, ctx.account_id, data_type.name)
+    objects = await data_type.store.get(ctx.conn, ctx.account_id, ids)
     if ids is None:
         check_count(ctx, len(objects), limit, "objects in the account (ids: null)")
-    found = {o["id"]: o for o in objects}
-    order = ids if ids is not None else list(found)
+        found = objects
+        not_found: list[str] = []
+    else:
+        by_id = {o["id"]: o for o in objects}
+        found = [by_id[i] for i in ids if i in by_id]
+        not_found = [i for i in ids if i not in by_id] if len(found) < len(ids) else []
     return {
         "accountId": ctx.account_id,
-        "state": state,
-        "list": [_select(found[i], properties) for i in order if i in found],
-        "notFound": [i for i in ids if i not in found] if ids is not None else [],
+        "state": await state,
+        "list": select(found, properties),
+        "notFound": not_found,
     }
+
+
+_GET_ARGS = frozenset(("accountId", "ids", "properties"))
 
 
 # /changes (RFC 8620 §5.2)
@@ -190,15 +214,23 @@ async def standard_changes(ctx: MethodContext, args: dict[str, Any], data_type: 
 
 async def changes_response(ctx: MethodContext, type_name: str, since_state: str, max_changes: int | None,
                            counters: Sequence[str] = ()) -> dict[str, Any]:
-    """The /changes response for any type kept in the change log."""
-    current, horizon = await changes.state_and_horizon(ctx.conn, ctx.account_id, type_name)
+    """The /changes response for any type kept in the change log.
+
+    At most maxObjectsInGet ids come back, whatever maxChanges asks (RFC 8620 §5.2 lets the server
+    return fewer): one response stays bounded, and its ids fit in one /get.
+    """
+    cap = ctx.config.limits.max_objects_in_get
+    max_changes = cap if max_changes is None else min(max_changes, cap)
     since = state_int(since_state)
-    if since is None or since > current or since < horizon:
-        raise MethodError("cannotCalculateChanges",
-                          "the state is too old or unknown; fetch everything again")
-    rows = await changes.since(ctx.conn, ctx.account_id, type_name, since,
-                               None if max_changes is None else max_changes + 1)
-    has_more = max_changes is not None and len(rows) > max_changes
+    if since is None:
+        raise MethodError("cannotCalculateChanges", "the state is too old or unknown; fetch everything again")
+    # The state is read first, in the same hop as the log; the log read is wasted only on an error.
+    state = changes.state_and_horizon_later(ctx.conn, ctx.account_id, type_name)
+    rows = await changes.since(ctx.conn, ctx.account_id, type_name, since, max_changes + 1)
+    current, horizon = await state
+    if since > current or since < horizon:
+        raise MethodError("cannotCalculateChanges", "the state is too old or unknown; fetch everything again")
+    has_more = len(rows) > max_changes
     if has_more:
         rows = rows[:max_changes]
     # A page ends where its last object was first seen; every object up to there is in it.
@@ -770,8 +802,9 @@ async def standard_query(ctx: MethodContext, args: dict[str, Any], data_type: Da
     clamped = limit is None or limit > cap
     if clamped:
         limit = cap
-    state = await changes.state(ctx.conn, ctx.account_id, data_type.name)
+    state_later = changes.state_later(ctx.conn, ctx.account_id, data_type.name)   # one hop with the objects
     ids = await query_ids(ctx, data_type, q.filter, q.sort)
+    state = await state_later
     position, page = window(ids, position, anchor and ctx.resolve_id(anchor), anchor_offset, limit)
     response: dict[str, Any] = {
         "accountId": ctx.account_id,
@@ -808,11 +841,15 @@ async def standard_query_changes(ctx: MethodContext, args: dict[str, Any], data_
 async def query_changes_since(ctx: MethodContext, type_name: str, since_state: str) -> tuple[int, list[Any]]:
     """(current state, change-log rows since the query state); cannotCalculateChanges for a state we
     cannot answer from."""
-    current, horizon = await changes.state_and_horizon(ctx.conn, ctx.account_id, type_name)
     since = state_int(since_state)
-    if since is None or since > current or since < horizon:
+    if since is None:
         raise MethodError("cannotCalculateChanges", "the query state is too old or unknown; query again")
-    return current, await changes.since(ctx.conn, ctx.account_id, type_name, since, None)
+    state = changes.state_and_horizon_later(ctx.conn, ctx.account_id, type_name)   # one hop with the log
+    rows = await changes.since(ctx.conn, ctx.account_id, type_name, since, None)
+    current, horizon = await state
+    if since > current or since < horizon:
+        raise MethodError("cannotCalculateChanges", "the query state is too old or unknown; query again")
+    return current, rows
 
 
 def query_changes_response(ctx: MethodContext, since_state: str, current: int, changed: set[str], ids: list[str],

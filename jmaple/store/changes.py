@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from jmaple.store.db import Conn, Transaction
+from jmaple.store.db import Conn, Later, Transaction
 
 
 @dataclass(frozen=True)
@@ -95,16 +95,36 @@ async def bump(tx: Transaction, account_id: str, type_name: str) -> None:
     await _set_state(tx, account_id, type_name, await _allocate(tx, account_id, 1))
 
 
+_STATE = "SELECT modseq, horizon FROM type_states WHERE account_id = ? AND type = ?"
+
+
+def _state_string(rows: list[tuple[int, int]]) -> str:
+    return str(rows[0][0]) if rows else "0"
+
+
+def _state_and_horizon(rows: list[tuple[int, int]]) -> tuple[int, int]:
+    return (rows[0][0], rows[0][1]) if rows else (0, 0)
+
+
 async def state(conn: Conn, account_id: str, type_name: str) -> str:
     """The type's current state string ("0" before its first change)."""
-    return str(await conn.value("SELECT modseq FROM type_states WHERE account_id = ? AND type = ?",
-                                (account_id, type_name), 0))
+    return _state_string(await conn.all(_STATE, (account_id, type_name)))
+
+
+def state_later(conn: Conn, account_id: str, type_name: str) -> Later[str]:
+    """state(), read in the same hop as conn's next statement and before it (Conn.later): a state read
+    first is never newer than the data read after it."""
+    return conn.later(_STATE, (account_id, type_name), _state_string)
 
 
 async def state_and_horizon(conn: Conn, account_id: str, type_name: str) -> tuple[int, int]:
-    row = await conn.one("SELECT modseq, horizon FROM type_states WHERE account_id = ? AND type = ?",
-                         (account_id, type_name))
-    return (row[0], row[1]) if row else (0, 0)
+    """(modseq, horizon) of the type: its state and the oldest state /changes can still answer from."""
+    return _state_and_horizon(await conn.all(_STATE, (account_id, type_name)))
+
+
+def state_and_horizon_later(conn: Conn, account_id: str, type_name: str) -> Later[tuple[int, int]]:
+    """state_and_horizon(), read in the same hop as conn's next statement and before it (Conn.later)."""
+    return conn.later(_STATE, (account_id, type_name), _state_and_horizon)
 
 
 async def states(conn: Conn, account_ids: Iterable[str]) -> dict[str, dict[str, str]]:

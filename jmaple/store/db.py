@@ -9,9 +9,9 @@ import logging
 import re
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import aiosqlite
 
@@ -20,6 +20,7 @@ from jmaple.config import StorageConfig
 log = logging.getLogger(__name__)
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+T = TypeVar("T")
 
 
 class Busy(Exception):
@@ -39,15 +40,127 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in text or "busy" in text
 
 
-class Conn:
-    """One connection with the few calls storage functions use; each call is one hop to its thread."""
+def _rows(rows: list[tuple[Any, ...]]) -> Any:
+    return rows
 
-    def __init__(self, connection: aiosqlite.Connection):
+
+# A read runs on the event loop while it is quick: a hop to the connection's thread costs more than a
+# typical read (see DESIGN.md's cost model). SQLite calls a progress handler every PROGRESS_STEPS
+# virtual-machine steps of a statement, counted over its executions (~0.3 ms of work; a 50-row IN takes
+# ~1,200 steps). The handler interrupts a read that has run for INLINE_BUDGET since its first call and
+# then used INLINE_BUDGET more of CPU time (CPU time too, since a process descheduled meanwhile is not
+# running a slow read; the cheap wall clock first, as reading the CPU clock is a system call). The read
+# then runs again on the thread, and its SQL goes straight there for the next SLOW_SECONDS (SLOW_MEMORY
+# statements at most).
+INLINE_BUDGET = 0.001
+PROGRESS_STEPS = 10_000
+SLOW_SECONDS = 60.0
+SLOW_MEMORY = 512
+_NOT_INLINE: Any = object()
+
+
+class _Reader:
+    """A reader connection: its aiosqlite thread, and its sqlite3 connection for reads run inline.
+
+    Inline reads use no busy timeout, so a lock can never stall the event loop: they move to the
+    thread, which waits up to the configured timeout.
+    """
+
+    __slots__ = ("aio", "raw", "slow", "busy_ms", "inflight", "wall_deadline", "cpu_deadline")
+
+    def __init__(self, aio: aiosqlite.Connection, slow: dict[str, float], busy_timeout: float):
+        self.aio = aio
+        self.raw: sqlite3.Connection = aio._conn   # opened with check_same_thread=False
+        self.slow = slow
+        self.busy_ms = int(busy_timeout * 1000)
+        self.inflight: asyncio.Future[Any] | None = None   # a hop still running on the thread
+        self.wall_deadline: float | None = None
+        self.cpu_deadline: float | None = None
+
+    def _progress(self) -> bool:
+        if self.wall_deadline is None:
+            self.wall_deadline = time.perf_counter() + INLINE_BUDGET
+            return False
+        if self.cpu_deadline is None:
+            if time.perf_counter() < self.wall_deadline:
+                return False
+            self.cpu_deadline = time.thread_time() + INLINE_BUDGET
+            return False
+        return time.thread_time() > self.cpu_deadline
+
+    def _is_slow(self, sql: str | None) -> bool:
+        until = self.slow.get(sql)   # type: ignore[arg-type]
+        if until is None:
+            return False
+        if until > time.monotonic():
+            return True
+        del self.slow[sql]   # type: ignore[arg-type]  # time to try it inline again
+        return False
+
+    def run_inline(self, conn: Conn, sql: str | None, params: Sequence[Any] | dict[str, Any]) -> Any:
+        """conn's queued reads, then sql, run here; _NOT_INLINE for whatever must go to the thread."""
+        if self.slow and self._is_slow(sql) or (self.inflight is not None and not self.inflight.done()):
+            return _NOT_INLINE
+        raw = self.raw
+        queued = conn._queued
+        self.wall_deadline = self.cpu_deadline = None
+        raw.set_progress_handler(self._progress, PROGRESS_STEPS)
+        try:
+            while queued:
+                item = queued[0]
+                if self.slow and self._is_slow(item.sql):
+                    return _NOT_INLINE
+                try:
+                    item.rows = raw.execute(item.sql, item.params).fetchall()
+                except sqlite3.Error as exc:   # reported to whoever awaits that statement
+                    if isinstance(exc, sqlite3.OperationalError) and self._give_up(item.sql, exc):
+                        return _NOT_INLINE
+                    item.error = exc
+                item.done = True
+                del queued[0]
+            if sql is None:
+                return None
+            try:
+                return raw.execute(sql, params).fetchall()
+            except sqlite3.OperationalError as exc:
+                if self._give_up(sql, exc):
+                    return _NOT_INLINE
+                raise
+        finally:
+            raw.set_progress_handler(None, 0)
+
+    def _give_up(self, sql: str, exc: sqlite3.OperationalError) -> bool:
+        """Whether a read that failed inline should run again on the thread (too slow, or locked)."""
+        if str(exc) == "interrupted":
+            if len(self.slow) >= SLOW_MEMORY:
+                del self.slow[next(iter(self.slow))]
+            self.slow[sql] = time.monotonic() + SLOW_SECONDS
+            return True
+        return _is_busy(exc)
+
+
+class Conn:
+    """One connection with the few calls storage functions use.
+
+    On the writer each call is one hop to its thread; on a reader, a quick read runs on the event loop
+    and a slow one on the thread. Statements queued with `later()` ride along with the connection's next
+    statement (one hop for both), in the order they were issued.
+    """
+
+    def __init__(self, connection: aiosqlite.Connection, reader: _Reader | None = None):
         self._c = connection
+        self._reader = reader
+        self._queued: list[Later[Any]] = []
 
     async def all(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
         try:
-            return list(await self._c.execute_fetchall(sql, params))
+            if self._reader is not None:
+                rows = self._reader.run_inline(self, sql, params)
+                if rows is not _NOT_INLINE:
+                    return rows   # type: ignore[no-any-return]
+            elif not self._queued:
+                return await self._c.execute_fetchall(sql, params)   # type: ignore[return-value]  # a list
+            return await self._hop(sql, params)   # type: ignore[no-any-return]
         except sqlite3.OperationalError as exc:
             if _is_busy(exc):
                 raise Busy(str(exc)) from exc
@@ -61,9 +174,64 @@ class Conn:
         row = await self.one(sql, params)
         return row[0] if row else default
 
+    def later(self, sql: str, params: Sequence[Any] | dict[str, Any] = (),
+              convert: Callable[[list[tuple[Any, ...]]], T] = _rows) -> Later[T]:
+        """Queue a read to run just before this connection's next statement, in the same hop.
+
+        Await the result (before leaving the read() or write() block) for convert(rows); if no
+        statement came in between, the read runs on its own then.
+        """
+        queued = Later(self, sql, params, convert)
+        self._queued.append(queued)
+        return queued
+
+    async def _flush(self) -> None:
+        """Run the queued statements now."""
+        if self._reader is not None and self._reader.run_inline(self, None, ()) is not _NOT_INLINE:
+            return
+        await self._hop(None, ())
+
+    async def _hop(self, sql: str | None, params: Sequence[Any] | dict[str, Any], fetch: bool = True) -> Any:
+        """One trip to the connection's thread: the queued statements, then sql (rows, or its rowcount)."""
+        queued, self._queued = self._queued, []
+        reader = self._reader
+        raw = self._c._conn   # aiosqlite's sqlite3 connection, used on its own thread (below)
+
+        def run() -> Any:
+            if reader is not None:
+                raw.execute(f"PRAGMA busy_timeout = {reader.busy_ms}")
+            try:
+                for item in queued:
+                    try:
+                        item.rows = raw.execute(item.sql, item.params).fetchall()
+                    except Exception as exc:   # reported to whoever awaits that statement
+                        item.error = exc
+                if sql is None:
+                    return None
+                cursor = raw.execute(sql, params)
+                return cursor.fetchall() if fetch else cursor.rowcount
+            finally:
+                if reader is not None:
+                    raw.execute("PRAGMA busy_timeout = 0")
+
+        try:
+            if reader is None:
+                return await self._c._execute(run)
+            # A reader goes back to the pool only once its thread is done with it (even if the caller
+            # is cancelled meanwhile): the next user may run reads inline on the same connection.
+            task = reader.inflight = asyncio.ensure_future(self._c._execute(run))
+            return await asyncio.shield(task)
+        finally:
+            for item in queued:
+                item.done = True
+                if item.rows is None and item.error is None:   # cancelled before it ran
+                    item.error = asyncio.CancelledError()
+
     async def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> int:
         """Run one statement; returns the number of rows changed."""
         try:
+            if self._queued or self._reader is not None:
+                return await self._hop(sql, params, fetch=False)   # type: ignore[no-any-return]
             async with self._c.execute(sql, params) as cursor:
                 return cursor.rowcount
         except sqlite3.OperationalError as exc:
@@ -76,11 +244,39 @@ class Conn:
         if not rows:
             return
         try:
+            if self._queued:
+                await self._flush()
             await self._c.executemany(sql, rows)
         except sqlite3.OperationalError as exc:
             if _is_busy(exc):
                 raise Busy(str(exc)) from exc
             raise
+
+
+class Later(Generic[T]):
+    """A statement queued on a Conn (Conn.later); await it for its converted rows."""
+
+    __slots__ = ("conn", "sql", "params", "convert", "rows", "error", "done")
+
+    def __init__(self, conn: Conn, sql: str, params: Sequence[Any] | dict[str, Any],
+                 convert: Callable[[list[tuple[Any, ...]]], T]):
+        self.conn = conn
+        self.sql = sql
+        self.params = params
+        self.convert = convert
+        self.rows: list[tuple[Any, ...]] | None = None
+        self.error: BaseException | None = None
+        self.done = False
+
+    def __await__(self) -> Generator[Any, None, T]:
+        if not self.done:
+            yield from self.conn._flush().__await__()
+        if self.error is not None:
+            if isinstance(self.error, sqlite3.OperationalError) and _is_busy(self.error):
+                raise Busy(str(self.error)) from self.error
+            raise self.error
+        assert self.rows is not None
+        return self.convert(self.rows)
 
 
 class Transaction(Conn):
@@ -107,8 +303,9 @@ class Database:
         self.storage = storage
         self.clock = clock
         self._writer: aiosqlite.Connection | None = None
-        self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
-        self._all_readers: list[aiosqlite.Connection] = []
+        self._readers: asyncio.Queue[_Reader] = asyncio.Queue()
+        self._all_readers: list[_Reader] = []
+        self._slow: dict[str, float] = {}   # SQL of reads too slow to run on the event loop -> until when
         self._write_lock = asyncio.Lock()
 
     @classmethod
@@ -123,9 +320,14 @@ class Database:
             await db.close()
 
     async def _connection(self, *, readonly: bool) -> aiosqlite.Connection:
-        conn = await aiosqlite.connect(self.path, isolation_level=None, timeout=self.storage.busy_timeout)
+        # A reader's sqlite3 connection also runs quick reads on the event loop's thread (_Reader);
+        # never two threads at once, as a reader is used by one holder at a time.
+        conn = await aiosqlite.connect(self.path, isolation_level=None, timeout=self.storage.busy_timeout,
+                                       check_same_thread=not readonly)
         try:
-            await conn.execute(f"PRAGMA busy_timeout = {int(self.storage.busy_timeout * 1000)}")
+            # A reader waits for locks only on its thread (Conn._hop), never inline.
+            busy_ms = 0 if readonly else int(self.storage.busy_timeout * 1000)
+            await conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
             await conn.execute("PRAGMA foreign_keys = ON")
             await conn.execute(f"PRAGMA synchronous = {self.storage.synchronous}")
             if readonly:
@@ -143,26 +345,21 @@ class Database:
         if mode != "wal":
             raise RuntimeError(f"{self.path}: could not switch to WAL mode (got {mode})")
         for _ in range(self.storage.readers):
-            conn = await self._connection(readonly=True)
-            self._all_readers.append(conn)
-            self._readers.put_nowait(conn)
+            reader = _Reader(await self._connection(readonly=True), self._slow, self.storage.busy_timeout)
+            self._all_readers.append(reader)
+            self._readers.put_nowait(reader)
 
     async def close(self) -> None:
-        for conn in self._all_readers:
-            await conn.close()
+        for reader in self._all_readers:
+            await reader.aio.close()
         self._all_readers.clear()
         if self._writer is not None:
             await self._writer.close()
             self._writer = None
 
-    @contextlib.asynccontextmanager
-    async def read(self) -> AsyncIterator[Conn]:
+    def read(self) -> contextlib.AbstractAsyncContextManager[Conn]:
         """A reader connection (a WAL snapshot per statement; read the state before the data)."""
-        conn = await self._readers.get()
-        try:
-            yield Conn(conn)
-        finally:
-            self._readers.put_nowait(conn)
+        return _Reading(self._readers)
 
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[Transaction]:
@@ -267,6 +464,31 @@ class Database:
         async with self.read() as conn:
             rows = await conn.all("SELECT namespace, max(version) FROM schema_migrations GROUP BY namespace")
         return dict(rows)
+
+
+class _Reading:
+    """Database.read(): a plain class rather than a generator, as it runs for every read-only call."""
+
+    __slots__ = ("_readers", "_reader")
+
+    def __init__(self, readers: asyncio.Queue[_Reader]):
+        self._readers = readers
+
+    async def __aenter__(self) -> Conn:
+        try:
+            self._reader = self._readers.get_nowait()
+        except asyncio.QueueEmpty:
+            self._reader = await self._readers.get()
+        return Conn(self._reader.aio, self._reader)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        reader = self._reader
+        if reader.inflight is not None and not reader.inflight.done():
+            # A cancelled caller left a read running on the thread: the reader returns when it ends.
+            reader.inflight.add_done_callback(lambda _: self._readers.put_nowait(reader))
+        else:
+            reader.inflight = None
+            self._readers.put_nowait(reader)
 
 
 def migration_files(package: str) -> dict[int, tuple[str, str]]:
