@@ -59,6 +59,41 @@ class CliError(Exception):
     """An expected failure: printed as one line on stderr, exit status 1."""
 
 
+def is_text(value: str) -> bool:
+    """Whether a string is text: an argument or line that was not UTF-8 comes with lone surrogates."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown(value: object) -> str:
+    """A value fit for the terminal: control and other non-printable characters (an escape sequence in a
+    user's name, a byte that was not UTF-8) are written as Python escapes, never sent as they are."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+# The built-in commands' arguments that are text stored in the database or sent out (a plugin command's
+# may be file names, which need not be UTF-8).
+TEXT_ARGUMENTS = {"login": "LOGIN", "user": "USER", "owner": "OWNER", "credential_id": "CREDENTIAL_ID",
+                  "name": "--name", "label": "--label", "listen": "--listen"}
+
+
+def check_text_arguments(args: argparse.Namespace) -> None:
+    """Refuse a built-in command's text argument that is not UTF-8 (SQLite could not store it)."""
+    if getattr(getattr(args, "job", None), "plugin_command", False):
+        return
+    for dest, name in TEXT_ARGUMENTS.items():
+        value = getattr(args, dest, None)
+        if isinstance(value, str) and not is_text(value):
+            raise CliError(f"{name} {shown(value)} is not valid UTF-8 text; give it in UTF-8 (check the "
+                           f"encoding of your terminal or script)")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line usage errors that point at --help."""
 
@@ -381,23 +416,31 @@ def cmd_dev(args: argparse.Namespace, plugins: Sequence[Plugin]) -> int:
 
 def read_password(args: argparse.Namespace, login: str) -> str:
     """One line from stdin with --password-stdin, else asked twice on the terminal without echo."""
-    if args.password_stdin:
-        password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
-    else:
-        if not sys.stdin.isatty():
-            raise CliError("no terminal to ask for the password on; pipe it in with --password-stdin")
-        password = getpass.getpass(f"Password for {login}: ")
-        if getpass.getpass("Repeat it: ") != password:
-            raise CliError("the two passwords differ; run the command again")
+    not_text = CliError("the password is not valid UTF-8 text; give it in UTF-8 (check the encoding of your "
+                        "terminal or of what you pipe in)")
+    try:
+        if args.password_stdin:
+            password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+        else:
+            if not sys.stdin.isatty():
+                raise CliError("no terminal to ask for the password on; pipe it in with --password-stdin")
+            password = getpass.getpass(f"Password for {shown(login)}: ")
+            if getpass.getpass("Repeat it: ") != password:
+                raise CliError("the two passwords differ; run the command again")
+    except UnicodeDecodeError:   # a strict UTF-8 stdin; otherwise the bytes arrive as lone surrogates
+        raise not_text from None
     if not password:
         raise CliError("the password is empty; give a non-empty one")
+    if not is_text(password):
+        raise not_text
     return password
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
-    for row in (header, *rows):
-        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    cells = [[shown(cell) for cell in row] for row in (header, *rows)]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    for row in cells:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
 def _utc(timestamp: float) -> str:
@@ -414,14 +457,14 @@ async def cmd_user_add(args: argparse.Namespace, runtime: Runtime) -> int:
         user = await users.create_user(runtime, args.login, args.name, password)
     except Conflict as exc:
         raise CliError(f"{exc}; to change their password use `{PROG} user passwd {args.login}`") from None
-    print(f"added user {user.login} with account {user.account_id}")
+    print(f"added user {shown(user.login)} with account {user.account_id}")
     return 0
 
 
 async def cmd_user_passwd(args: argparse.Namespace, runtime: Runtime) -> int:
     await users.find_user(runtime, args.login)   # fail before asking for a password
     await users.set_password(runtime, args.login, read_password(args, args.login))
-    print(f"changed the password of {args.login}")
+    print(f"changed the password of {shown(args.login)}")
     return 0
 
 
@@ -429,7 +472,7 @@ async def cmd_user_del(args: argparse.Namespace, runtime: Runtime) -> int:
     if not args.yes:
         raise CliError(f"this deletes {args.login}, their account and everything in it; add --yes to confirm")
     await users.delete_user(runtime, args.login)
-    print(f"deleted user {args.login}")
+    print(f"deleted user {shown(args.login)}")
     return 0
 
 
@@ -450,9 +493,9 @@ async def cmd_user_list(args: argparse.Namespace, runtime: Runtime) -> int:
 async def cmd_token_create(args: argparse.Namespace, runtime: Runtime) -> int:
     kind = "app-password" if args.app_password else "token"
     credential_id, secret = await users.create_credential(runtime, args.login, kind, args.label)
-    how = (f"HTTP Basic as {args.login} with this password" if args.app_password
+    how = (f"HTTP Basic as {shown(args.login)} with this password" if args.app_password
            else "Authorization: Bearer with this token")
-    print(f"created {kind} {credential_id} for {args.login}; use {how}; it is shown only this once:",
+    print(f"created {kind} {credential_id} for {shown(args.login)}; use {how}; it is shown only this once:",
           file=sys.stderr)
     print(secret)   # alone on stdout, so scripts can capture it
     return 0
@@ -461,7 +504,7 @@ async def cmd_token_create(args: argparse.Namespace, runtime: Runtime) -> int:
 async def cmd_token_list(args: argparse.Namespace, runtime: Runtime) -> int:
     found = await users.list_credentials(runtime, args.login)
     if not found:
-        print(f"{args.login} has no tokens or app passwords", file=sys.stderr)
+        print(f"{shown(args.login)} has no tokens or app passwords", file=sys.stderr)
         return 0
     _table(("ID", "KIND", "CREATED", "LABEL"), [(c.id, c.kind, _utc(c.created_at), c.label) for c in found])
     return 0
@@ -469,20 +512,20 @@ async def cmd_token_list(args: argparse.Namespace, runtime: Runtime) -> int:
 
 async def cmd_token_revoke(args: argparse.Namespace, runtime: Runtime) -> int:
     await users.revoke_credential(runtime, args.login, args.credential_id)
-    print(f"revoked {args.credential_id} of {args.login}")
+    print(f"revoked {shown(args.credential_id)} of {shown(args.login)}")
     return 0
 
 
 async def cmd_grant(args: argparse.Namespace, runtime: Runtime) -> int:
     account_id = await users.grant(runtime, args.user, args.owner, args.read_write)
     rights = "read and write" if args.read_write else "read"
-    print(f"{args.user} may now {rights} account {account_id} ({args.owner})")
+    print(f"{shown(args.user)} may now {rights} account {account_id} ({shown(args.owner)})")
     return 0
 
 
 async def cmd_revoke_grant(args: argparse.Namespace, runtime: Runtime) -> int:
     account_id = await users.revoke_grant(runtime, args.user, args.owner)
-    print(f"{args.user} may no longer use account {account_id} ({args.owner})")
+    print(f"{shown(args.user)} may no longer use account {account_id} ({shown(args.owner)})")
     return 0
 
 
@@ -553,6 +596,7 @@ def _plugin_job(plugin_name: str, command: Command) -> RuntimeJob:
             raise CliError(f"the {plugin_name} plugin is switched off in {runtime.config.source} "
                            f"([capabilities.{plugin_name}] enabled = false)")
         return await command.run(args, runtime)
+    job.plugin_command = True   # type: ignore[attr-defined]  # its arguments are the plugin's to check
     return job
 
 
@@ -689,6 +733,7 @@ def main(argv: Sequence[str] | None = None, *, plugins: Sequence[Plugin] = ()) -
     except SystemExit as exc:   # --help, --version, or a usage error already printed
         return exc.code if isinstance(exc.code, int) else 0
     try:
+        check_text_arguments(args)
         if hasattr(args, "job"):
             return run_with_runtime(args, plugins, args.job)
         return args.handler(args, plugins)
@@ -696,7 +741,7 @@ def main(argv: Sequence[str] | None = None, *, plugins: Sequence[Plugin] = ()) -
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     except EXPECTED as exc:
-        message = " ".join(_describe(exc).split("\n"))
+        message = shown(" ".join(_describe(exc).split("\n")))
         print(f"{PROG}: error: {message}", file=sys.stderr)
         return 1
 

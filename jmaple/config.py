@@ -37,6 +37,7 @@ def parse_listen(value: str) -> tuple[str, int] | str:
     if value.startswith("unix:"):
         path = value[5:]
         _check(path.startswith("/"), "a Unix socket must be an absolute path, e.g. unix:/run/jmaple/api.sock")
+        _check("\0" not in path, "a Unix socket path cannot contain a NUL character")
         return path
     host, sep, port = value.rpartition(":")
     _check(bool(sep) and port.isdigit() and 0 <= int(port) <= 65535,
@@ -72,6 +73,7 @@ class ServerConfig:
                 origin == "*" or (urlsplit(origin).scheme in ("http", "https") and origin.count("/") == 2),
                 f"{origin!r} is not an origin like https://app.example.org or http://localhost:*"))
         _field("data_dir", lambda: _check(bool(self.data_dir), "must not be empty"))
+        _field("data_dir", lambda: _check("\0" not in self.data_dir, "a path cannot contain a NUL character"))
 
     @property
     def proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -245,6 +247,9 @@ class Config:
             raise ConfigError(f"{path}: no such file (copy config.example.toml and edit it)") from None
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{path}: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start} cannot be decoded); TOML files must be "
+                              f"UTF-8, so convert it, e.g. with iconv") from None
         config = cls.from_dict(raw, source=str(path))
         return config.with_paths_under(path.parent)
 
@@ -347,6 +352,12 @@ def _build_section(cls: type, table: Mapping[str, Any], where: str) -> Any:
     return section
 
 
+def _no_nul(value: str, where: str) -> None:
+    # TOML allows "\u0000"; no path, address or name we use may hold it (the OS refuses it with a ValueError).
+    if "\0" in value:
+        raise ConfigError(f"{where}: must not contain a NUL character (\\u0000), got {value!r}")
+
+
 def _coerce(hint: Any, value: Any, where: str) -> Any:
     if hint is bool:
         if not isinstance(value, bool):
@@ -363,10 +374,13 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: must be a string, got {value!r}")
+        _no_nul(value, where)
         return value
     if typing.get_origin(hint) is tuple:
         # TOML gives lists; Config.replace() hands back the tuples a section already holds.
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where}: must be a list of strings, got {value!r}")
+        for item in value:
+            _no_nul(item, where)
         return tuple(value)
     raise AssertionError(f"unsupported config type {hint}")

@@ -7,10 +7,13 @@ import re
 
 from jmaple.auth import hash_password, new_secret, secret_hash
 from jmaple.core.context import Runtime
+from jmaple.push.webhook import erase_destroyed
 from jmaple.store import accounts
+from jmaple.store import push as push_store
 from jmaple.store.accounts import Access, Conflict, Credential, NotFound, User
 
-LOGIN = re.compile(r"^[^\s:\x00-\x1f\x7f]{1,254}$")
+# Always used with fullmatch: a "$" would let a trailing newline through.
+LOGIN = re.compile(r"[^\s:\x00-\x1f\x7f]{1,254}")
 CREDENTIAL_KINDS = ("token", "app-password")
 
 __all__ = ["Conflict", "NotFound", "create_user", "delete_user", "set_password", "create_credential",
@@ -20,7 +23,8 @@ __all__ = ["Conflict", "NotFound", "create_user", "delete_user", "set_password",
 
 def check_login(login: str) -> None:
     """Logins are usually mail addresses; they may not contain spaces, colons or control characters."""
-    if not LOGIN.match(login):
+    # isprintable() also refuses lone surrogates (a non-UTF-8 command-line argument) and format characters.
+    if not LOGIN.fullmatch(login) or not login.isprintable():
         raise ValueError(f"{login!r} is not a valid login (1-254 characters, no spaces, colons or control "
                          f"characters; usually a mail address)")
 
@@ -61,15 +65,26 @@ async def delete_user(runtime: Runtime, login: str) -> None:
         for plugin in runtime.registry.plugins:
             if plugin.on_account_deleted is not None:
                 await plugin.on_account_deleted(tx, user.account_id, runtime)
+        # Before the user goes: the cascade would delete them without erasing their URLs and keys.
+        destroyed = await push_store.destroy_for_user(tx, user.id)
         await accounts.delete_user(tx, user.id)
+    if destroyed:
+        await erase_destroyed(runtime)
 
 
 async def set_password(runtime: Runtime, login: str, password: str) -> None:
-    """Replace a user's password; sessions using the old one stop working within a second."""
+    """Replace a user's password; sessions using the old one stop working within a second.
+
+    The push subscriptions created with the old password are destroyed (RFC 8620 §7.2: they are tied to
+    the credentials that created them, and go when those are changed or revoked).
+    """
     user = await find_user(runtime, login)
     password_hash = await asyncio.to_thread(hash_password, password, runtime.config.auth)
     async with runtime.db.write() as tx:
         await accounts.set_password(tx, user.id, password_hash)
+        destroyed = await push_store.destroy_for_credential(tx, user.id, None)
+    if destroyed:
+        await erase_destroyed(runtime)
 
 
 async def create_credential(runtime: Runtime, login: str, kind: str, label: str) -> tuple[str, str]:
@@ -95,14 +110,19 @@ async def list_credentials(runtime: Runtime, login: str) -> list[Credential]:
 
 
 async def revoke_credential(runtime: Runtime, login: str, credential_id: str) -> None:
-    """Delete one of a user's credentials; it stops working within a second. Raises NotFound."""
+    """Delete one of a user's credentials and the push subscriptions it created (RFC 8620 §7.2); it stops
+    working within a second. Raises NotFound."""
     user = await find_user(runtime, login)
     async with runtime.db.write() as tx:
+        # First: the foreign key's cascade would delete them without erasing their URLs and keys.
+        destroyed = await push_store.destroy_for_credential(tx, user.id, credential_id)
         try:
             await accounts.revoke_credential(tx, user.id, credential_id)
         except NotFound:
             raise NotFound(f"{login} has no credential {credential_id!r} (see `jmapled token list {login}`)") \
                 from None
+    if destroyed:
+        await erase_destroyed(runtime)
 
 
 async def grant(runtime: Runtime, login: str, owner: str, may_write: bool) -> str:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import logging
 import re
+import sqlite3
 
 import pytest
 
 from conftest import CORE, add_user, basic, share
-from jmaple.app import make_app
+from jmaple.app import DATABASE_FILE, make_app
 from jmaple.config import Config
 from jmaple.keys import LIMITER, RUNTIME
 from jmaple.store.accounts import user_by_login
@@ -442,3 +444,26 @@ async def test_blob_copy_counts_against_the_upload_quota(aiohttp_client, tmp_pat
                                              "description": "the copy does not fit in your upload quota"}}
     resp = await client.get(download_path(bob.account_id, held[2]), headers=client.headers())
     assert resp.status == 404
+
+
+async def test_an_upload_while_another_process_holds_the_database_is_503_without_a_traceback(
+        aiohttp_client, tmp_path, caplog):
+    """A database locked past [storage] busy_timeout is a passing condition: 503 problem+json with
+    Retry-After, nothing logged as an error; the same upload succeeds once the lock is gone."""
+    config = Config.for_tests(tmp_path / "data", storage={"busy_timeout": 0.1})
+    client = await aiohttp_client(make_app(config, capabilities=[NOTES_PLUGIN]))
+    user = await add_user(client, "alice@example.org")
+    client.auth = basic("alice@example.org")
+    client.account_id = user.account_id
+    other = sqlite3.connect(config.data_dir / DATABASE_FILE, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        resp = await client.post(f"/jmap/upload/{user.account_id}/", data=b"hello",
+                                 headers=client.headers({"Content-Type": "text/plain"}))
+        await assert_problem(resp, 503, type="about:blank")
+        assert resp.headers["Retry-After"].isdigit()
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], caplog.records
+    assert (await client.upload(b"hello", "text/plain"))["size"] == 5

@@ -28,6 +28,7 @@ from jmaple.cli import main
 from jmaple.config import Config
 from jmaple.core.capability import Command, Plugin
 from jmaple.store import accounts
+from jmaple.store import push as push_store
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCHER = ROOT / "jmapled"
@@ -556,3 +557,155 @@ def test_dev_with_a_data_dir_keeps_data_and_credentials(tmp_path, daemons):
     assert get(second.url + "/jmap/session", basic("demo@example.org", password))[0] == 200
     assert second.stop() == 0
     assert (data / "jmaple.sqlite3").exists()
+
+
+# --- hostile input -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("login", ["eve@example.org\n", "eve@example.org\r\n", "\neve@example.org",
+                                   "eve@example.org\u200b", "eve@exa\u202emple.org", "eve\udcff@example.org"],
+                         ids=repr)
+def test_a_login_with_a_newline_or_invisible_characters_is_refused(capsys, data_dir, login):
+    """The login pattern once ended in "$" with .match, which lets a trailing newline through."""
+    code, out, err = run(capsys, "user", "add", login, "--password-stdin", "--data-dir", str(data_dir),
+                         stdin="pw\n")
+    assert code == 1
+    line = one_line_error(err)
+    assert re.search(r"not (a valid login|valid UTF-8)", line), line
+    assert "\x1b" not in err and "\u202e" not in err
+    code, out, err = run(capsys, "user", "list", "--data-dir", str(data_dir))
+    assert code == 0 and out == ""
+
+
+@pytest.mark.parametrize("password", ["\udcff\udcfe", "ok\udc80"], ids=repr)
+def test_a_password_that_is_not_utf8_is_refused_in_one_line(capsys, data_dir, password):
+    """What a non-UTF-8 stdin decodes to with surrogateescape: hashing it once raised UnicodeEncodeError."""
+    code, out, err = run(capsys, "user", "add", "alice@example.org", "--password-stdin", "--data-dir",
+                         str(data_dir), stdin=password + "\n")
+    assert code == 1
+    assert "password is not valid UTF-8" in one_line_error(err)
+    assert stored_user(data_dir, "alice@example.org") is None
+    add_user(capsys, data_dir, "alice@example.org")
+    code, out, err = run(capsys, "user", "passwd", "alice@example.org", "--password-stdin", "--data-dir",
+                         str(data_dir), stdin=password + "\n")
+    assert code == 1
+    assert "password is not valid UTF-8" in one_line_error(err)
+    assert verify_password("secret", stored_user(data_dir, "alice@example.org").password_hash)
+
+
+@pytest.mark.parametrize("env", [{}, {"PYTHONUTF8": "1"}, {"LC_ALL": "C", "PYTHONCOERCECLOCALE": "0"}],
+                         ids=["locale", "utf8-mode", "c-locale"])
+def test_a_password_piped_in_as_bytes_that_are_not_utf8_is_one_line(tmp_path, env):
+    """`printf '\\xff\\xfe\\n' | jmapled user add a@x --password-stdin`, however Python decodes stdin."""
+    done = subprocess.run([sys.executable, str(LAUNCHER), "user", "add", "a@example.org", "--password-stdin",
+                           "--data-dir", str(tmp_path / "data")], input=b"\xff\xfe\n", capture_output=True,
+                          env={**ENV, **env}, cwd=tmp_path, timeout=30)
+    assert done.returncode == 1
+    assert "password is not valid UTF-8" in one_line_error(done.stderr.decode())
+
+
+def test_arguments_that_are_not_utf8_are_refused_in_one_line(capsys, data_dir):
+    """A non-UTF-8 argv byte arrives as a lone surrogate, which SQLite cannot bind."""
+    add_user(capsys, data_dir, "alice@example.org")
+    d = ("--data-dir", str(data_dir))
+    for args, name in [
+        (("user", "del", "al\udcffice@example.org", "--yes"), "LOGIN"),
+        (("user", "passwd", "al\udcffice@example.org", "--password-stdin"), "LOGIN"),
+        (("user", "add", "carol@example.org", "--name", "Ca\udce9rol", "--password-stdin"), "--name"),
+        (("grant", "alice@example.org", "b\udcffob@example.org", "--read-only"), "OWNER"),
+        (("grant", "al\udcffice@example.org", "bob@example.org", "--read-only"), "USER"),
+        (("revoke-grant", "alice@example.org", "b\udcffob@example.org"), "OWNER"),
+        (("token", "create", "alice@example.org", "--label", "ph\udcffone"), "--label"),
+        (("token", "list", "al\udcffice@example.org"), "LOGIN"),
+        (("token", "revoke", "alice@example.org", "c\udcff"), "CREDENTIAL_ID"),
+    ]:
+        code, out, err = run(capsys, *args, *d, stdin="pw\n")
+        assert code == 1, (args, err)
+        line = one_line_error(err)
+        assert f"{name} " in line and "is not valid UTF-8 text" in line and "\\udcff" in line.replace(
+            "\\udce9", "\\udcff"), line
+    assert stored_user(data_dir, "carol@example.org") is None
+
+
+def test_user_and_token_lists_escape_control_characters(capsys, data_dir):
+    """A name or label holding an escape sequence must not reach the terminal as one."""
+    d = ("--data-dir", str(data_dir))
+    code, out, err = run(capsys, "user", "add", "alice@example.org", "--name", "\x1b[2J\x1b]0;pwned\x07Alice",
+                         "--password-stdin", *d, stdin="pw\n")
+    assert code == 0, err
+    code, out, err = run(capsys, "token", "create", "alice@example.org", "--label", "phone\r\x1b[31m", *d)
+    assert code == 0, err
+    code, out, err = run(capsys, "user", "list", *d)
+    assert code == 0, err
+    assert "\x1b" not in out and "\x07" not in out
+    assert "\\x1b[2J\\x1b]0;pwned\\x07Alice" in out
+    code, out, err = run(capsys, "token", "list", "alice@example.org", *d)
+    assert code == 0, err
+    assert "\x1b" not in out and "\r" not in out
+    assert "phone\\r\\x1b[31m" in out
+
+
+def test_an_error_message_never_carries_control_characters(capsys, data_dir):
+    code, out, err = run(capsys, "user", "del", "x\x1b[31m@example.org", "--data-dir", str(data_dir))
+    assert code == 1
+    assert "\x1b" not in err and "\\x1b[31m" in one_line_error(err)
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line_naming_it(capsys, tmp_path, data_dir):
+    config = tmp_path / "config.toml"
+    config.write_bytes(b"[server]\ndata_dir = '" + str(data_dir).encode() + b"'\n# caf\xe9\n")
+    code, out, err = run(capsys, "user", "list", "--config", str(config))
+    assert code == 1
+    line = one_line_error(err)
+    assert f"{config}: not UTF-8 text" in line and "byte" in line
+
+
+@pytest.mark.parametrize("table, key", [('data_dir = "/tmp/a\\u0000b"', "data_dir"),
+                                        ('listen = "unix:/run/a\\u0000b.sock"', "listen"),
+                                        ('tls_certificate = "a\\u0000"\ntls_key = "b"', "tls_certificate")])
+def test_a_nul_character_in_a_path_is_one_line_naming_the_key(capsys, tmp_path, table, key):
+    config = tmp_path / "config.toml"
+    config.write_text(f"[server]\n{table}\n")
+    code, out, err = run(capsys, "check", "--config", str(config))
+    assert code == 1
+    assert f"{config}: [server] {key}: must not contain a NUL character" in one_line_error(err)
+
+
+def test_changing_the_password_destroys_the_push_subscriptions_it_created(capsys, data_dir):
+    """RFC 8620 §7.2: a subscription is tied to the credentials that created it; when they are changed or
+    revoked it is destroyed. A token's subscriptions outlive a password change."""
+    add_user(capsys, data_dir, "alice@example.org")
+    code, out, err = run(capsys, "token", "create", "alice@example.org", "--data-dir", str(data_dir))
+    token_id = re.search(r"created token (\S+) ", err).group(1)
+    user = stored_user(data_dir, "alice@example.org")
+    config = Config.from_dict({"server": {"data_dir": str(data_dir)}})
+
+    def subscription(sub_id: str, credential_id: str | None) -> push_store.Subscription:
+        return push_store.Subscription(
+            id=sub_id, user_id=user.id, credential_id=credential_id, device_client_id="d",
+            url=f"https://push.example/{sub_id}-secret-path", p256dh=None, auth=None, verification_code="c",
+            is_verified=True, verification_sent=True, expires=int(time.time()) + 86400, types=None,
+            created_at=int(time.time()))
+
+    async def insert() -> None:
+        async with open_runtime(config) as runtime:
+            async with runtime.db.write() as tx:
+                await push_store.insert(tx, subscription("Ppassword", None))
+                await push_store.insert(tx, subscription("Ptoken", token_id))
+
+    async def remaining() -> list[str]:
+        async with open_runtime(config) as runtime:
+            async with runtime.db.read() as conn:
+                return [r[0] for r in await conn.all("SELECT id FROM push_subscriptions ORDER BY id")]
+
+    asyncio.run(insert())
+    code, out, err = run(capsys, "user", "passwd", "alice@example.org", "--password-stdin", "--data-dir",
+                         str(data_dir), stdin="a new one\n")
+    assert code == 0, err
+    assert asyncio.run(remaining()) == ["Ptoken"]
+    code, out, err = run(capsys, "token", "revoke", "alice@example.org", token_id, "--data-dir", str(data_dir))
+    assert code == 0, err
+    assert asyncio.run(remaining()) == []
+    for name in ("jmaple.sqlite3", "jmaple.sqlite3-wal"):
+        path = data_dir / name
+        assert not path.exists() or b"secret-path" not in path.read_bytes(), name

@@ -85,6 +85,13 @@ HOSTILE = [
     ("[server]\ntrusted_proxies = ['not-an-address']\n", "trusted_proxies"),
     ("[server]\ncors_origins = ['https://app.example.org/path']\n", "cors_origins"),
     ("[server]\ndata_dir = ''\n", "data_dir"),
+    # NUL is legal TOML ("\u0000") but no path, address or name may hold it (the OS raises ValueError).
+    ('[server]\ndata_dir = "/var/lib/a\\u0000b"\n', "data_dir"),
+    ('[server]\nlisten = "unix:/run/a\\u0000.sock"\n', "listen"),
+    ('[server]\ntls_certificate = "/c\\u0000"\ntls_key = "/k"\n', "tls_certificate"),
+    ('[server]\ncors_origins = ["http://a\\u0000"]\n', "cors_origins"),
+    ('[push]\nextra_ca_file = "/ca\\u0000"\n', "extra_ca_file"),
+    ('[push]\nbroker = "redis://h\\u0000"\n', "broker"),
     ("[storage]\nsynchronous = 'OFF'\n", "synchronous"),
     ("[storage]\nreaders = 0\n", "readers"),
     ("[storage]\nbusy_timeout = 0\n", "busy_timeout"),
@@ -114,6 +121,18 @@ def test_hostile_config_is_an_error_naming_the_file_and_the_key(tmp_path, text, 
     message = str(info.value)
     assert message.startswith(f"{path}: "), message
     assert key in message, message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("data", [b"# caf\xe9\n", b"\xff\xfe[\x00s\x00]\x00", b"[server]\nlisten = '\xed\xa0\x80'\n"],
+                         ids=["latin-1", "utf-16", "surrogate"])
+def test_a_file_that_is_not_utf8_is_an_error_naming_the_file(tmp_path, data):
+    path = tmp_path / "config.toml"
+    path.write_bytes(data)
+    with pytest.raises(ConfigError) as info:
+        Config.load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: not UTF-8 text (byte "), message
     assert "\n" not in message
 
 

@@ -16,7 +16,7 @@ from jmaple.push.subscription import PUSH_COMMAND, VAPID_URN
 from jmaple.push.webpush import VapidKey
 from jmaple.store import push as push_store
 from jmaple.store.accounts import NotFound
-from jmaple.users import create_credential, revoke_credential
+from jmaple.users import create_credential, revoke_credential, set_password
 from jmaple.cli import main
 from test_push_webhook import (USING, Clock, UserAgent, ca, ca_file, call, plugins, publish,  # noqa: F401
                                receiver, start, subscribe)
@@ -238,6 +238,76 @@ async def test_destroy_for_credential_destroys_the_passwords_subscriptions(start
         assert [i.sub.id for i in await push_store.listing(conn)] == [kept]
 
 
+async def test_changing_the_password_destroys_the_subscriptions_created_with_it(start, receiver):
+    """RFC 8620 §7.2: a subscription is tied to the credentials that created it and must be destroyed when
+    they are changed or revoked; a token's subscriptions are not the password's."""
+    client = await start()
+    runtime = client.app[RUNTIME]
+    _, token = await create_credential(runtime, "alice@example.org", "token", "phone")
+    bearer = f"Bearer {token}"
+    by_token = await subscribe(client, receiver, "/by-token", auth=bearer)
+    await subscribe(client, receiver, "/by-password")
+    await set_password(runtime, "alice@example.org", "a brand new password")
+    new = basic("alice@example.org", "a brand new password")
+    assert (await call(client, "PushSubscription/get", {"ids": None}, auth=new))["list"] == []
+    assert [s["id"] for s in (await call(client, "PushSubscription/get", {"ids": None}, auth=bearer))["list"]] == \
+        [by_token]
+    await publish(client, {"Foo": "1"})
+    await receiver.nth("/by-token", 2)
+    assert len(receiver.at("/by-password")) == 1      # its verification, nothing since
+
+
+def database_files(runtime) -> bytes:
+    path = runtime.db.path
+    wal = path.with_name(path.name + "-wal")
+    return path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+
+
+async def without_secure_delete(runtime) -> None:
+    """Behave like an SQLite built without SQLITE_SECURE_DELETE (Debian's has it on by default)."""
+    async with runtime.db.write() as tx:
+        await tx.execute("PRAGMA secure_delete = 0")
+
+
+async def test_a_destroyed_subscriptions_url_and_keys_leave_the_database_files(start, receiver):
+    """RFC 8620 §7.2: on destroy the URL and keys are erased from storage as soon as possible: neither the
+    database file (free space of a page, free pages) nor the WAL keeps a copy once it is checkpointed."""
+    client = await start()
+    runtime = client.app[RUNTIME]
+    await without_secure_delete(runtime)
+    ua = UserAgent()
+    gone = await subscribe(client, receiver, "/erase-me-4f2a9c", ua=ua)
+    await subscribe(client, receiver, "/keep-me-77b1e0")
+    for n in range(1, 4):                            # each delivery rewrites the rows
+        await publish(client, {"Foo": str(n)})
+        await client.events.wait(gone, "delivered", n + 1)
+    assert b"erase-me-4f2a9c" in database_files(runtime)
+    result = await call(client, "PushSubscription/set", {"destroy": [gone]})
+    assert result["destroyed"] == [gone]
+    await client.events.wait("", "erased")
+    files = database_files(runtime)
+    assert b"keep-me-77b1e0" in files                 # the scan does see what is stored
+    for secret in ("erase-me-4f2a9c", ua.keys["p256dh"], ua.keys["auth"]):
+        assert secret.encode() not in files, secret
+    async with runtime.db.write() as tx:
+        assert await tx.value("PRAGMA secure_delete") == 0   # the writer's own setting is put back
+
+
+async def test_revoking_a_token_erases_its_subscriptions_from_the_database_files(start, receiver):
+    """The same erasure when the subscriptions go with their credential (RFC 8620 §7.2)."""
+    client = await start()
+    runtime = client.app[RUNTIME]
+    await without_secure_delete(runtime)
+    credential_id, token = await create_credential(runtime, "alice@example.org", "token", "phone")
+    ua = UserAgent()
+    await subscribe(client, receiver, "/token-url-5d0c31", ua=ua, auth=f"Bearer {token}")
+    await revoke_credential(runtime, "alice@example.org", credential_id)
+    await client.events.wait("", "erased")
+    files = database_files(runtime)
+    for secret in ("token-url-5d0c31", ua.keys["p256dh"], ua.keys["auth"]):
+        assert secret.encode() not in files, secret
+
+
 # --- set -----------------------------------------------------------------------------------------------------
 
 
@@ -420,6 +490,7 @@ AUTH = "AAAAAAAAAAAAAAAAAAAAAA"
     ({"deviceClientId": "d", "url": "https://example.org/", "types": [1]}, ["types"]),
     ({"deviceClientId": "d", "url": "https://example.org/", "types": [""]}, ["types"]),
     ({"deviceClientId": "d", "url": "https://example.org/", "types": ["a b"]}, ["types"]),
+    ({"deviceClientId": "d", "url": "https://example.org/", "types": ["Email\n"]}, ["types"]),
     ({"deviceClientId": "d", "url": "https://example.org/", "types": ["T"] * 1000}, ["types"]),
     ({"deviceClientId": "d", "url": "https://example.org/", "id": "mine"}, ["id"]),
     ({"deviceClientId": "d", "url": "https://example.org/", "surprise": True}, ["surprise"]),
@@ -541,3 +612,12 @@ def test_the_push_command_is_part_of_jmapled(capsys, tmp_path):
     assert capsys.readouterr().err == "no push subscriptions\n"
     assert main(["--data-dir", str(tmp_path), "push", "show", "Pnope"], plugins=extra) == 1
     assert "no push subscription 'Pnope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["show", "delete"])
+def test_a_push_subscription_id_that_is_not_utf8_is_one_line(capsys, tmp_path, command):
+    """A non-UTF-8 argument arrives as a lone surrogate, which SQLite cannot bind."""
+    extra = [p for p in plugins() if p.name == "push"]
+    assert main(["--data-dir", str(tmp_path), "push", command, "P\udcff"], plugins=extra) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == "jmapled: error: no push subscription 'P\\udcff' (see `jmapled push list`)"

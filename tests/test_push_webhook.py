@@ -478,6 +478,94 @@ async def test_a_receiver_with_an_untrusted_certificate_is_not_sent_anything(sta
     assert stranger.requests == []
 
 
+async def test_a_verification_that_cannot_be_delivered_is_tried_three_times_then_destroyed(start, receiver):
+    """RFC 8620 §7.2: nothing more may go to the URL until the client sets the code; a URL that refuses the
+    PushVerification gets at most three tries (transient failures), then the subscription is destroyed."""
+    client = await start()
+    receiver.script["/nv"] = [500] * 20
+    result = await call(client, "PushSubscription/set", {"create": {"c": {"deviceClientId": "d",
+                                                                          "url": receiver.url("/nv")}}})
+    sub_id = result["created"]["c"]["id"]
+    (event,) = await client.events.wait(sub_id, "destroyed")
+    assert event[2] == "verification failed: 500"
+    assert [e[0] for e in client.events.of(sub_id)] == ["failed", "failed", "destroyed"]
+    assert len(receiver.at("/nv")) == webhook.VERIFICATION_ATTEMPTS == 3
+    assert (await call(client, "PushSubscription/get", {"ids": [sub_id]}))["notFound"] == [sub_id]
+    await client.events.wait("", "erased")            # the destruction is erased from the files too
+    assert len(receiver.at("/nv")) == 3
+
+
+async def test_a_verification_failing_once_is_retried_and_can_then_be_verified(start, receiver):
+    client = await start()
+    receiver.script["/flaky-v"] = [503]
+    result = await call(client, "PushSubscription/set", {"create": {"c": {"deviceClientId": "d",
+                                                                          "url": receiver.url("/flaky-v")}}})
+    sub_id = result["created"]["c"]["id"]
+    code = (await receiver.nth("/flaky-v", 2)).json["verificationCode"]
+    result = await call(client, "PushSubscription/set", {"update": {sub_id: {"verificationCode": code}}})
+    assert result["updated"] == {sub_id: None}
+
+
+async def test_a_verification_is_not_retried_once_two_minutes_have_passed_since_creation(start, receiver):
+    clock = Clock()
+    client = await start(clock=clock)
+    receiver.script["/late"] = [500]
+    receiver.gates["/late"] = gate = asyncio.Event()
+    result = await call(client, "PushSubscription/set", {"create": {"c": {"deviceClientId": "d",
+                                                                          "url": receiver.url("/late")}}})
+    sub_id = result["created"]["c"]["id"]
+    await receiver.nth("/late", 1)
+    clock.now += webhook.VERIFICATION_WINDOW + 1     # the first POST took (say) two minutes to fail
+    gate.set()
+    (event,) = await client.events.wait(sub_id, "destroyed")
+    assert event[2] == "verification failed: 500"
+    assert len(receiver.at("/late")) == 1
+
+
+# --- pending states --------------------------------------------------------------------------------------------
+
+
+async def test_an_older_state_never_replaces_a_newer_pending_one(start, receiver):
+    """With several daemons (a shared broker) an older state may be committed after a newer one; the pending
+    row keeps the newer (states are modseqs, compared as numbers: "9" is older than "10")."""
+    client = await start()
+    sub_id = await subscribe(client, receiver, "/p")
+    runtime = client.app[RUNTIME]
+    account = client.account_id
+
+    async def add(*rows: tuple[str, str]) -> dict[str, str]:
+        async with runtime.db.write() as tx:
+            await push_store.add_pending(tx, [(sub_id, account, t, state) for t, state in rows])
+        async with runtime.db.read() as conn:
+            return dict(await conn.all("SELECT type, state FROM push_pending WHERE subscription_id = ?",
+                                       (sub_id,)))
+
+    assert await add(("Foo", "10"), ("Bar", "3")) == {"Foo": "10", "Bar": "3"}
+    assert await add(("Foo", "9"), ("Bar", "4")) == {"Foo": "10", "Bar": "4"}
+    assert await add(("Foo", "10")) == {"Foo": "10", "Bar": "4"}
+    assert await add(("Foo", "100"), ("Foo", "99")) == {"Foo": "100", "Bar": "4"}
+    assert await add(("Foo", "x1")) == {"Foo": "x1", "Bar": "4"}     # not a modseq: it simply replaces
+    assert await add(("Foo", "7")) == {"Foo": "7", "Bar": "4"}
+
+
+async def test_an_older_state_arriving_last_through_fanout_does_not_hide_the_newest(start, receiver):
+    """Through the documented hook: "10" then (from another daemon, late) "5"; the POST carries "10"."""
+    client = await start()
+    sub_id = await subscribe(client, receiver, "/late-old")
+    engine = webhook.engine_of(client.app[RUNTIME])
+    receiver.gates["/late-old"] = gate = asyncio.Event()
+    await publish(client, {"Foo": "1"})
+    await receiver.nth("/late-old", 2)                # held: what follows stays pending meanwhile
+    for state in ("10", "5"):
+        fanout_state_change({WEBHOOKS: engine}, engine.http, client.account_id, {"Foo": state})
+        await engine._flush()                         # each in its own batch, as two daemons would write them
+    gate.set()
+    request = await receiver.nth("/late-old", 3)
+    assert request.json["changed"] == {client.account_id: {"Foo": "10"}}
+    await client.events.wait(sub_id, "delivered", 3)
+    assert len(receiver.at("/late-old")) == 3
+
+
 # --- RFC 8291 encryption and RFC 8292 VAPID --------------------------------------------------------------------
 
 

@@ -15,9 +15,14 @@ from jmaple.api.http import json_response, problem, read_body
 from jmaple.keys import AUTH_HEADER, TICKETS
 
 ENDPOINTS = {"eventsource": "/jmap/eventsource", "websocket": "/jmap/ws"}
-FIRST_USE_SECONDS = 60.0      # to open the first connection
-RECONNECT_SECONDS = 300.0     # then reusable by that stream's automatic reconnects
+# A ticket opens its first connection within FIRST_USE_SECONDS of being issued; that stream's automatic
+# reconnects may reuse it for RECONNECT_SECONDS after that first use. Both windows are fixed, never
+# extended by a use: a ticket lives FIRST_USE_SECONDS + RECONNECT_SECONDS at most, however often it is
+# used (a use that restarted the window would let a leaked ticket live for ever).
+FIRST_USE_SECONDS = 60.0
+RECONNECT_SECONDS = 300.0
 MAX_TICKETS = 100_000
+MAX_BODY = 1024               # bytes of a ticket request's body
 
 
 @dataclass
@@ -25,12 +30,12 @@ class Ticket:
     header: str          # the credentials it stands for, kept only in memory
     path: str
     issued: float
-    last_used: float | None = None
+    first_used: float | None = None
 
     def valid(self, now: float) -> bool:
-        if self.last_used is None:
+        if self.first_used is None:
             return now - self.issued < FIRST_USE_SECONDS
-        return now - self.last_used < RECONNECT_SECONDS
+        return now - self.first_used < RECONNECT_SECONDS
 
 
 class Tickets:
@@ -57,20 +62,27 @@ class Tickets:
         if not ticket.valid(now):
             del self._tickets[token]
             return None
-        ticket.last_used = now
+        if ticket.first_used is None:
+            ticket.first_used = now
         return ticket.header
 
 
 async def ticket(request: web.Request) -> web.StreamResponse:
-    """Issue a ticket bound to the caller's credentials and one endpoint ("eventsource" or "websocket")."""
-    endpoint = request.query.get("endpoint")
+    """Issue a ticket bound to the caller's credentials and one endpoint ("eventsource" or "websocket").
+
+    The endpoint comes from `?endpoint=` or a JSON object body `{"endpoint": ...}` (other keys ignored).
+    """
+    endpoint: object = request.query.get("endpoint")
     if endpoint is None and request.can_read_body:
         try:
-            body = orjson.loads(await read_body(request, 1024, "maxSizeRequest") or b"{}")
+            body = orjson.loads(await read_body(request, MAX_BODY, "maxSizeRequest") or b"{}")
         except orjson.JSONDecodeError:
             return problem(400, "urn:ietf:params:jmap:error:notJSON", "the body must be JSON")
-        endpoint = body.get("endpoint") if isinstance(body, dict) else None
-    if endpoint not in ENDPOINTS:
+        if not isinstance(body, dict):
+            return problem(400, "about:blank", 'the body must be a JSON object such as {"endpoint": "eventsource"}')
+        endpoint = body.get("endpoint")
+    # Anything but one of the names (a list or an object too, which cannot even be looked up) is refused.
+    if not isinstance(endpoint, str) or endpoint not in ENDPOINTS:
         return problem(400, "about:blank", 'endpoint must be "eventsource" or "websocket"')
     token, lifetime = request.app[TICKETS].issue(request[AUTH_HEADER], ENDPOINTS[endpoint])
     expires = datetime.fromtimestamp(time.time() + lifetime, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

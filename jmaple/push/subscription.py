@@ -22,8 +22,8 @@ from jmaple.core.errors import MethodError, SetFailure, invalid_arguments, inval
 from jmaple.core.methods import Args, check_count, is_date, is_id, unique_ids
 from jmaple.core.pointer import PointerError, apply_patch
 from jmaple.push import webpush
-from jmaple.push.webhook import (VAPID_FILE, check_target_url, engine_of, new_verification_code,
-                                 settings_of)
+from jmaple.push.webhook import (VAPID_FILE, check_target_url, engine_of, erase_destroyed,
+                                 new_verification_code, settings_of)
 from jmaple.store import push as store
 from jmaple.store.accounts import NotFound
 from jmaple.store.db import Transaction
@@ -34,7 +34,7 @@ PRIVATE = ("url", "keys")   # RFC 8620 §7.2.1: never returned; asking for them 
 DEFAULT_PROPERTIES = tuple(p for p in PROPERTIES if p not in PRIVATE)
 MAX_DEVICE_CLIENT_ID = 255
 MAX_TYPES = 256
-TYPE_NAME = re.compile(r"^[!-~]{1,255}$")   # printable ASCII without spaces, as type names are
+TYPE_NAME = re.compile(r"[!-~]{1,255}")   # printable ASCII without spaces; fullmatch (no "$" newline)
 
 
 def _utc_date(timestamp: float) -> str:
@@ -107,7 +107,7 @@ def _types(value: Any) -> tuple[str, ...] | None:
     if value is None:
         return None
     if not isinstance(value, list) or len(value) > MAX_TYPES or not all(
-            isinstance(t, str) and TYPE_NAME.match(t) for t in value):
+            isinstance(t, str) and TYPE_NAME.fullmatch(t) for t in value):
         raise invalid_properties(f"types must be null or a list of at most {MAX_TYPES} type names", "types")
     return tuple(value)
 
@@ -308,6 +308,9 @@ async def push_subscription_set(ctx: MethodContext, args: dict[str, Any]) -> dic
         await store.delete(tx, destroyed)
 
     engine = engine_of(ctx.runtime)
+    if destroyed and engine is not None:
+        # RFC 8620 §7.2: the URL and keys leave storage as soon as possible; the WAL still holds copies.
+        tx.after_commit(engine.erase_soon)
     if new_ids and engine is not None:
         # RFC 8620 §7.2.2: push the PushVerification at once, but only once the subscription is committed
         # (the client may answer before this response reaches it).
@@ -383,10 +386,13 @@ def _status(sub: store.Subscription, now: float) -> str:
 
 async def _run(args: argparse.Namespace, runtime: Runtime) -> int:
     now = runtime.config.clock()
+    if args.push_command != "list" and not is_id(args.id):   # a non-UTF-8 argument could not even be looked up
+        raise NotFound(f"no push subscription {args.id!r} (see `jmapled push list`)")
     if args.push_command == "delete":
         async with runtime.db.write() as tx:
             if not await store.delete(tx, [args.id]):
                 raise NotFound(f"no push subscription {args.id!r} (see `jmapled push list`)")
+        await erase_destroyed(runtime)
         print(f"deleted push subscription {args.id}")
         return 0
     async with runtime.db.read() as conn:
@@ -397,7 +403,8 @@ async def _run(args: argparse.Namespace, runtime: Runtime) -> int:
         item = found[0]
         sub = item.sub
         for label, value in (
-                ("id", sub.id), ("user", item.login), ("credential", sub.credential_id or "password"),
+                ("id", sub.id), ("user", _printable(item.login)),
+                ("credential", sub.credential_id or "password"),
                 ("device client id", _printable(sub.device_client_id)), ("target", _target(sub.url)),
                 ("encrypted", "yes (RFC 8291)" if sub.has_keys else "no"), ("state", _status(sub, now)),
                 ("types", "all" if sub.types is None else ", ".join(sub.types)),
@@ -412,7 +419,7 @@ async def _run(args: argparse.Namespace, runtime: Runtime) -> int:
         return 0
     header = ("ID", "USER", "DEVICE", "TARGET", "STATE", "EXPIRES", "LAST ATTEMPT", "LAST STATUS", "FAILURES",
               "NEXT RETRY", "PENDING")
-    rows = [(i.sub.id, i.login, _printable(i.sub.device_client_id)[:32], _target(i.sub.url),
+    rows = [(i.sub.id, _printable(i.login), _printable(i.sub.device_client_id)[:32], _target(i.sub.url),
              _status(i.sub, now), _when(i.sub.expires), _when(i.sub.last_attempt_at),
              _printable(i.sub.last_status or "-")[:40], str(i.sub.failures), _when(i.sub.next_attempt_at),
              str(i.pending)) for i in found]

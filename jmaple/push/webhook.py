@@ -51,6 +51,20 @@ MAX_RETRY_AFTER = 86400.0          # a Retry-After beyond this is taken as this
 MAX_URL_LENGTH = 2048
 MAX_PAYLOAD = webpush.MAX_PAYLOAD_SIZE   # one RFC 8291 record; plain JSON bodies keep the same bound
 EMAIL_DELIVERY = "EmailDelivery"   # RFC 8621 §1.5: a new message arrived, worth waking a device for
+# RFC 8620 §7.2: after the PushVerification nothing more may go to the URL until the client proves it got
+# it, since a URL that takes no verification is likely not the client's (the flood verification exists
+# to prevent). A failed verification POST is therefore retried only for transient failures shortly after
+# the subscription was created: at most VERIFICATION_ATTEMPTS POSTs, none later than VERIFICATION_WINDOW
+# seconds after creation. Then the subscription is destroyed: it could never be verified (its code is
+# only shown to whoever received it), and the client, seeing it gone, may create another.
+VERIFICATION_ATTEMPTS = 3
+VERIFICATION_WINDOW = 120.0
+# RFC 8620 §7.2: a destroyed subscription's URL and keys are to leave storage as soon as possible. The
+# rows are zeroed in the database file as they go (store.push); the WAL keeps older copies of their pages
+# until it is checkpointed and truncated, which a background task does after each batch of destructions.
+CHECKPOINT_TIMEOUT = 1.0           # seconds a checkpoint waits for other connections to let it finish
+CHECKPOINT_RETRY = 5.0             # seconds before trying again when they did not
+CHECKPOINT_TRIES = 3
 
 
 class TargetRefusedError(OSError):
@@ -269,6 +283,7 @@ class WebhookDelivery:
         self._outbox: list[tuple[Callable[[Transaction], Awaitable[None]], asyncio.Future[None]]] = []
         self._outbox_ready = asyncio.Event()
         self._stopped = asyncio.Event()
+        self._erase = asyncio.Event()  # subscriptions were destroyed: truncate the WAL
         self._seq = 0              # the global commit sequence at the last intake: StateChange.pushState
         self._running = False
 
@@ -283,7 +298,8 @@ class WebhookDelivery:
             waiting = await store.pending_subscriptions(conn, self.clock())
         self._tasks = [asyncio.create_task(self._intake(), name="jmaple.webhooks.intake"),
                        asyncio.create_task(self._recorder(), name="jmaple.webhooks.recorder"),
-                       asyncio.create_task(self._sweeper(), name="jmaple.webhooks.sweep")]
+                       asyncio.create_task(self._sweeper(), name="jmaple.webhooks.sweep"),
+                       asyncio.create_task(self._eraser(), name="jmaple.webhooks.erase")]
         for sub_id in waiting:
             self.kick(sub_id)
         self.runtime.extra[ENGINE] = self
@@ -307,6 +323,7 @@ class WebhookDelivery:
         self._stopped.set()
         self._wake.set()
         self._outbox_ready.set()
+        self._erase.set()
         if self._tasks:
             _, late = await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT)
             for task in late:
@@ -321,7 +338,8 @@ class WebhookDelivery:
             del self.runtime.extra[ENGINE]
 
     def add_listener(self, listener: Listener) -> None:
-        """Call listener(event, subscription_id, detail) on "delivered", "failed", "destroyed" and "expired"."""
+        """Call listener(event, subscription_id, detail) on "delivered", "failed", "destroyed" and "expired",
+        and listener("erased", "", "") once the WAL was truncated after destructions."""
         self._listeners.append(listener)
 
     def _emit(self, event: str, sub_id: str, detail: str) -> None:
@@ -386,6 +404,8 @@ class WebhookDelivery:
                     old = merged.get(type_name)
                     merged[type_name] = state if old is None else _newer(old, state)
             raise
+        if expired:
+            self.erase_soon()
         for sub_id in expired:
             self._emit("expired", sub_id, "")
         for sub_id in dict.fromkeys(r[0] for r in rows):
@@ -407,9 +427,40 @@ class WebhookDelivery:
         """Destroy expired subscriptions (RFC 8620 §7.2 allows it at or after expiry); returns their ids."""
         async with self.db.write() as tx:
             expired = await store.delete_expired(tx, self.clock())
+        if expired:
+            self.erase_soon()
         for sub_id in expired:
             self._emit("expired", sub_id, "")
         return expired
+
+    def erase_soon(self) -> None:
+        """Subscriptions were destroyed (and committed): have the WAL truncated soon, off the caller's path."""
+        if self._running:
+            self._erase.set()
+
+    async def _eraser(self) -> None:
+        while self._running:
+            await self._erase.wait()
+            self._erase.clear()
+            for _ in range(CHECKPOINT_TRIES):
+                if not self._running:
+                    return   # closing the last connection checkpoints too
+                try:
+                    done = await asyncio.to_thread(store.truncate_wal, self.db.path, CHECKPOINT_TIMEOUT)
+                except Exception:
+                    log.exception("truncating the WAL after destroying push subscriptions failed")
+                    break
+                if done:
+                    self._emit("erased", "", "")
+                    break
+                try:   # another connection was reading or writing: try again a little later
+                    await asyncio.wait_for(self._stopped.wait(), CHECKPOINT_RETRY)
+                    return
+                except TimeoutError:
+                    pass
+            else:
+                log.info("could not truncate the WAL after destroying push subscriptions (the database stayed "
+                         "busy); SQLite's own checkpoints overwrite it in time")
 
     # Workers: pending rows -> POSTs.
 
@@ -475,6 +526,11 @@ class WebhookDelivery:
             await self._record(functools.partial(self._destroy, sub_id=sub.id))
             self._emit("expired", sub.id, "")
             return
+        if not sub.is_verified and sub.failures and self.clock() - sub.created_at >= VERIFICATION_WINDOW:
+            # A retry left over from before a restart: too late to send (see VERIFICATION_WINDOW).
+            await self._record(functools.partial(self._destroy, sub_id=sub.id))
+            self._emit("destroyed", sub.id, f"verification failed: {sub.last_status or '-'}")
+            return
         if sub.is_verified and not job.pending:
             await self._record(functools.partial(store.forget_pending, sub_id=sub.id, rows=job.stale))
             return
@@ -498,26 +554,33 @@ class WebhookDelivery:
             return
         failures = sub.failures + 1
         failing_since = sub.failing_since if sub.failing_since is not None else now
-        if now - failing_since >= self.settings.give_up_after:
-            log.warning("push subscription %s: failing for %.0f s (%s); destroying it",
-                        sub.id, now - failing_since, status)
-            await self._record(functools.partial(self._destroy, sub_id=sub.id))
-            self._emit("destroyed", sub.id, f"gave up: {status}")
-            return
         base = min(self.settings.backoff_max, self.settings.backoff_initial * 2 ** min(failures - 1, 62))
         wait = base / 2 + random.random() * base / 2
         if delay is not None:
             # RFC 8620 §7.2: a 429 must slow us down; its Retry-After (or a 503's) says by how much.
             wait = max(wait, delay)
+        if message.kind == "verification":
+            if failures >= VERIFICATION_ATTEMPTS or now + wait - sub.created_at > VERIFICATION_WINDOW:
+                log.info("push subscription %s: the verification could not be delivered (%s); destroying it",
+                         sub.id, status)
+                await self._record(functools.partial(self._destroy, sub_id=sub.id))
+                self._emit("destroyed", sub.id, f"verification failed: {status}")
+                return
+        elif now - failing_since >= self.settings.give_up_after:
+            log.warning("push subscription %s: failing for %.0f s (%s); destroying it",
+                        sub.id, now - failing_since, status)
+            await self._record(functools.partial(self._destroy, sub_id=sub.id))
+            self._emit("destroyed", sub.id, f"gave up: {status}")
+            return
         await self._record(functools.partial(store.failed, sub_id=sub.id, now=now, status=status,
                                              failures=failures, failing_since=failing_since,
                                              next_attempt_at=now + wait))
         log.info("push subscription %s: attempt %d failed (%s); next in %.1f s", sub.id, failures, status, wait)
         self._emit("failed", sub.id, status)
 
-    @staticmethod
-    async def _destroy(tx: Transaction, sub_id: str) -> None:
+    async def _destroy(self, tx: Transaction, sub_id: str) -> None:
         await store.delete(tx, [sub_id])
+        tx.after_commit(self.erase_soon)
 
     async def _record(self, write: Callable[[Transaction], Awaitable[None]]) -> None:
         """Have write(tx) run in the recorder's next transaction, and wait until it committed.
@@ -641,6 +704,17 @@ def fanout_state_change(app: Mapping[Any, Any], http: aiohttp.ClientSession, acc
     engine = app.get(WEBHOOKS)
     if engine is not None:
         engine.notify(account_id, type_states)
+
+
+async def erase_destroyed(runtime: Runtime) -> None:
+    """Call after committing the destruction of subscriptions: the running engine truncates the WAL soon;
+    without one (a CLI command), it is done now, best effort (a daemon beside it may keep it busy)."""
+    engine = engine_of(runtime)
+    if engine is not None:
+        engine.erase_soon()
+        return
+    if not await asyncio.to_thread(store.truncate_wal, runtime.db.path, CHECKPOINT_TIMEOUT):
+        log.info("could not truncate the WAL after destroying push subscriptions (the database is busy)")
 
 
 def new_verification_code() -> str:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -56,6 +60,31 @@ def _types_json(types: Sequence[str] | None) -> str | None:
     return None if types is None else orjson.dumps(list(types)).decode()
 
 
+def _first(rows: list[tuple[Any, ...]]) -> Any:
+    return rows[0][0]
+
+
+@contextlib.asynccontextmanager
+async def _scrubbed(tx: Transaction) -> AsyncIterator[None]:
+    """Run the statements inside with PRAGMA secure_delete on, then put the writer's setting back.
+
+    RFC 8620 §7.2 wants a destroyed subscription's URL and keys gone from storage. Without secure_delete
+    (SQLite's default unless built with SQLITE_SECURE_DELETE) a row that is updated or deleted leaves its
+    old bytes in the page's free space or on a free page, where they stay until reused; overwriting the
+    values before the DELETE does not help, since that update frees the old cell in the same way. So every
+    write to push_subscriptions runs with it on. The pragma is per connection and not transactional; it
+    rides along with the block's first statement, and costs one more statement to restore.
+    """
+    before = tx.later("PRAGMA secure_delete", (), _first)
+    tx.later("PRAGMA secure_delete = 1")
+    try:
+        yield
+    finally:
+        previous = await before
+        if previous != 1:
+            await tx.execute(f"PRAGMA secure_delete = {int(previous)}")   # a pragma takes no parameters
+
+
 # --- the methods' side ---------------------------------------------------------------------------------
 
 
@@ -85,11 +114,12 @@ async def creations_since(conn: Conn, user_id: str, since: float) -> int:
 
 async def insert(tx: Transaction, sub: Subscription) -> None:
     """Store a new subscription and count it against the user's creation rate."""
-    await tx.execute(
-        "INSERT INTO push_subscriptions (id, user_id, credential_id, device_client_id, url, p256dh, auth,"
-        " verification_code, expires, types, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (sub.id, sub.user_id, sub.credential_id, sub.device_client_id, sub.url, sub.p256dh, sub.auth,
-         sub.verification_code, sub.expires, _types_json(sub.types), sub.created_at))
+    async with _scrubbed(tx):   # an insert may split pages, freeing copies of other subscriptions' rows
+        await tx.execute(
+            "INSERT INTO push_subscriptions (id, user_id, credential_id, device_client_id, url, p256dh, auth,"
+            " verification_code, expires, types, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (sub.id, sub.user_id, sub.credential_id, sub.device_client_id, sub.url, sub.p256dh, sub.auth,
+             sub.verification_code, sub.expires, _types_json(sub.types), sub.created_at))
     await tx.execute("INSERT INTO push_creations (user_id, created_at) VALUES (?, ?)", (sub.user_id, tx.now))
 
 
@@ -97,8 +127,9 @@ async def update(tx: Transaction, sub_id: str, *, expires: int, types: Sequence[
                  is_verified: bool) -> None:
     """Change what a client may change; pending states of types no longer wanted are dropped."""
     types_json = _types_json(types)
-    await tx.execute("UPDATE push_subscriptions SET expires = ?, types = ?, is_verified = ? WHERE id = ?",
-                     (expires, types_json, int(is_verified), sub_id))
+    async with _scrubbed(tx):
+        await tx.execute("UPDATE push_subscriptions SET expires = ?, types = ?, is_verified = ? WHERE id = ?",
+                         (expires, types_json, int(is_verified), sub_id))
     if types_json is not None:
         await tx.execute("DELETE FROM push_pending WHERE subscription_id = ?"
                          " AND type NOT IN (SELECT value FROM json_each(?))", (sub_id, types_json))
@@ -107,26 +138,51 @@ async def update(tx: Transaction, sub_id: str, *, expires: int, types: Sequence[
 async def delete(tx: Transaction, ids: Sequence[str]) -> int:
     """Destroy subscriptions and their pending deliveries; returns how many there were.
 
-    The URL and keys are overwritten before the row is deleted, so the freed page keeps no copy of them
-    (RFC 8620 §7.2 asks for them to be erased from storage).
+    The rows are zeroed in the database file as they are deleted (see _scrubbed); copies stay in the WAL
+    until it is checkpointed and truncated (truncate_wal), which the caller arranges after the commit.
     """
     if not ids:
         return 0
     marks = ",".join("?" * len(ids))
-    await tx.execute(f"UPDATE push_subscriptions SET url = '', p256dh = NULL, auth = NULL,"
-                     f" verification_code = '' WHERE id IN ({marks})", list(ids))
-    return await tx.execute(f"DELETE FROM push_subscriptions WHERE id IN ({marks})", list(ids))
+    async with _scrubbed(tx):
+        return await tx.execute(f"DELETE FROM push_subscriptions WHERE id IN ({marks})", list(ids))
 
 
 async def destroy_for_credential(tx: Transaction, user_id: str, credential_id: str | None) -> int:
     """Destroy every subscription one credential created (None: the user's password); returns the count.
 
-    Call it when a token or app password is revoked (the foreign key does so too) and when the user's
-    password changes.
+    Call it when a token or app password is revoked, before deleting it (its foreign key would delete
+    them too, but without zeroing them), and when the user's password changes (RFC 8620 §7.2).
     """
     rows = await tx.all("SELECT id FROM push_subscriptions WHERE user_id = ? AND credential_id IS ?",
                         (user_id, credential_id))
     return await delete(tx, [r[0] for r in rows])
+
+
+async def destroy_for_user(tx: Transaction, user_id: str) -> int:
+    """Destroy every subscription of a user (before deleting the user); returns the count."""
+    rows = await tx.all("SELECT id FROM push_subscriptions WHERE user_id = ?", (user_id,))
+    return await delete(tx, [r[0] for r in rows])
+
+
+def truncate_wal(path: Path, timeout: float) -> bool:
+    """PRAGMA wal_checkpoint(TRUNCATE) on a connection of its own; False when other connections kept it
+    from finishing within `timeout` seconds.
+
+    Until the WAL is checkpointed and truncated, it keeps the pages that deletions replaced, URLs and keys
+    of destroyed subscriptions included. Blocking (it waits for readers and writers, copies and syncs
+    pages, and keeps writers waiting meanwhile): run it on a thread, off any request's path.
+    """
+    conn = sqlite3.connect(path, timeout=timeout, isolation_level=None)
+    try:
+        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            return False
+        raise
+    finally:
+        conn.close()
+    return busy == 0
 
 
 async def delete_expired(tx: Transaction, now: float) -> list[str]:
@@ -158,10 +214,19 @@ async def subscribers(conn: Conn, account_ids: Sequence[str], now: float
 
 
 async def add_pending(tx: Transaction, rows: Iterable[tuple[str, str, str, str]]) -> None:
-    """Merge (subscription id, account id, type, state) into the pending deliveries; newer states replace."""
+    """Merge (subscription id, account id, type, state) into the pending deliveries, keeping the newer state.
+
+    Several daemons (a shared broker) each write what they were told, so an older state may be committed
+    after a newer one; it must not replace it (its POST would then never carry the newest). States are
+    decimal modseqs, compared as numbers, as the broker merges them; a state that is not one replaces
+    whatever is pending.
+    """
     await tx.executemany(
         "INSERT INTO push_pending (subscription_id, account_id, type, state) VALUES (?, ?, ?, ?)"
-        " ON CONFLICT DO UPDATE SET state = excluded.state", rows)
+        " ON CONFLICT DO UPDATE SET state = excluded.state"
+        " WHERE NOT (push_pending.state <> '' AND push_pending.state NOT GLOB '*[^0-9]*'"
+        " AND excluded.state <> '' AND excluded.state NOT GLOB '*[^0-9]*'"
+        " AND CAST(excluded.state AS INTEGER) < CAST(push_pending.state AS INTEGER))", rows)
 
 
 @dataclass(frozen=True)
@@ -220,18 +285,21 @@ async def delivered(tx: Transaction, sub_id: str, now: float, status: str, *, ve
                     sent: Iterable[tuple[str, str, str]]) -> None:
     """Record a successful attempt: what it carried is no longer pending, and the failure count resets."""
     await forget_pending(tx, sub_id, sent)
-    await tx.execute(
-        "UPDATE push_subscriptions SET last_attempt_at = ?, last_status = ?, failures = 0, failing_since = NULL,"
-        " next_attempt_at = NULL, verification_sent = verification_sent OR ? WHERE id = ?",
-        (now, status, int(verification), sub_id))
+    async with _scrubbed(tx):
+        await tx.execute(
+            "UPDATE push_subscriptions SET last_attempt_at = ?, last_status = ?, failures = 0,"
+            " failing_since = NULL, next_attempt_at = NULL, verification_sent = verification_sent OR ?"
+            " WHERE id = ?", (now, status, int(verification), sub_id))
 
 
 async def failed(tx: Transaction, sub_id: str, now: float, status: str, *, failures: int, failing_since: float,
                  next_attempt_at: float) -> None:
     """Record a failed attempt and when to try again."""
-    await tx.execute(
-        "UPDATE push_subscriptions SET last_attempt_at = ?, last_status = ?, failures = ?, failing_since = ?,"
-        " next_attempt_at = ? WHERE id = ?", (now, status, failures, failing_since, next_attempt_at, sub_id))
+    async with _scrubbed(tx):
+        await tx.execute(
+            "UPDATE push_subscriptions SET last_attempt_at = ?, last_status = ?, failures = ?,"
+            " failing_since = ?, next_attempt_at = ? WHERE id = ?",
+            (now, status, failures, failing_since, next_attempt_at, sub_id))
 
 
 # --- the command line ----------------------------------------------------------------------------------
