@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import urllib.parse
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -19,7 +21,7 @@ from jmaple.config import Config
 from jmaple.keys import PUBLISHER, RUNTIME, SUPERVISOR
 from jmaple.store import changes
 from jmaple.store.db import Database
-from jmaple.users import create_credential, create_user
+from jmaple.users import create_credential, create_user, revoke_grant
 from notes import PLUGIN as NOTES_PLUGIN
 
 URL = "/jmap/eventsource?types={types}&closeafter={closeafter}&ping={ping}"
@@ -146,6 +148,71 @@ async def test_an_unparsable_last_event_id_yields_all_current_states(client):
     assert await next_event(resp) is None   # with closeafter=state that event counts
 
 
+def short(value: object) -> str:
+    """A test id for a hostile value: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 24 else f"{text[:16]}...({len(text)})"
+
+
+# Client input that str.isdigit() accepts but int() refuses, or that is near a token's form: none of it may
+# raise after the response began (a 500 written into an open 200 body).
+HOSTILE_IDS = ["s²", "s①", "s١٢", "²", "s" + "9" * 18, "s" + "9" * 19, "s" + "9" * 4000, "s-1", "-1", "s+1",
+               "s 1", "s\t1", "s1.5", "s0x1", "S1", "ss1", "s", "", "s1\u00a0", "\u00e9t\u00e9", "s" + "²" * 1000]
+
+
+@pytest.mark.parametrize("last_id", HOSTILE_IDS, ids=short)
+async def test_a_hostile_last_event_id_yields_all_current_states(client, caplog, last_id):
+    """RFC 8620 §7.3: an id the server cannot use is answered with every current state, never an error."""
+    state = await create_note(client)
+    resp = await open_stream(client, types="Note", closeafter="state", headers={"Last-Event-ID": last_id})
+    assert resp.status == 200
+    first = await next_event(resp)
+    assert first["event"] == "state"
+    assert first["data"]["changed"] == {client.account_id: {"Note": state}}
+    assert await next_event(resp) is None
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+@pytest.mark.parametrize("extra", ["Last-Event-ID: s\x001\r\n", "Last-Event-ID: \x00\r\n",
+                                   "Last-Event-ID: s" + "9" * 9000 + "\r\n"], ids=["nul", "only-nul", "long"])
+async def test_a_last_event_id_the_http_parser_refuses_is_a_400_not_a_broken_stream(served, extra):
+    """A NUL or an oversized header never reaches the handler: aiohttp's parser answers 400."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    writer.write(raw_request(served, extra=extra))
+    async with asyncio.timeout(5):
+        head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith((b"HTTP/1.1 400 ", b"HTTP/1.0 400 ")), head
+    writer.close()
+    assert not served.app[SUPERVISOR].streams
+
+
+HOSTILE_NUMBERS = ["²", "①", "١", "1²", "-1", "+1", " 1", "1 ", "\t1", "1e3", "0x10", "1.5", "1_0", "9" * 10,
+                   "9" * 5000, "\x00", "1\x00", "", "\u00a0", "Ⅻ", "𝟗"]
+
+
+@pytest.mark.parametrize("ping", HOSTILE_NUMBERS, ids=short)
+async def test_a_hostile_ping_is_a_400_problem(client, caplog, ping):
+    query = "types=*&closeafter=no&ping=" + urllib.parse.quote(ping, safe="")
+    resp = await client.get("/jmap/eventsource?" + query, headers={"Authorization": client.auth})
+    assert resp.status == 400
+    assert resp.headers["Content-Type"] == "application/problem+json"
+    assert (await resp.json(content_type=None))["status"] == 400
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("types", "²"), ("types", "Note\x00"), ("types", "Note,①"), ("types", "N" * 65), ("types", "Note," * 1000),
+    ("types", "*,Note"), ("types", " "), ("types", "Not\u00e9"), ("closeafter", "State"), ("closeafter", "state\x00"),
+    ("closeafter", "²"), ("closeafter", ""), ("closeafter", "s" * 5000),
+], ids=short)
+async def test_hostile_types_and_closeafter_are_400_problems(client, name, value):
+    params = {"types": "*", "closeafter": "no", "ping": "0", name: value}
+    query = "&".join(f"{k}={urllib.parse.quote(v, safe='')}" for k, v in params.items())
+    resp = await client.get("/jmap/eventsource?" + query, headers={"Authorization": client.auth})
+    assert resp.status == 400
+    assert resp.headers["Content-Type"] == "application/problem+json"
+
+
 async def test_a_stalled_reader_does_not_delay_others_and_gets_the_newest_state(client):
     stalled = await open_stream(client)
     live = await open_stream(client)
@@ -175,10 +242,77 @@ async def test_a_new_grant_reaches_an_open_stream(client, bob):
             try:
                 event = await next_event(resp, timeout=0.3)
             except TimeoutError:
-                continue   # the stream has not noticed the grant yet (it rechecks every second)
+                continue   # the stream has not noticed the grant yet (it rechecks twice a second)
             if client.account_id in event["data"]["changed"]:
                 break
     assert event["data"]["changed"][client.account_id] == {"Note": state}
+    resp.close()
+
+
+async def events_of_stream(resp: Any) -> AsyncIterator[tuple[float, dict[str, Any]]]:
+    """Each StateChange's `changed` from an open event stream, with the time it arrived."""
+    loop = asyncio.get_running_loop()
+    while (event := await next_event(resp, timeout=30)) is not None:
+        if event["event"] == "state":
+            yield loop.time(), event["data"]["changed"]
+
+
+async def measure_grant_latencies(client: Any, events: AsyncIterator[tuple[float, dict[str, Any]]],
+                                  rounds: int = 3) -> tuple[list[float], list[float]]:
+    """Seconds from a committed grant (the store call `jmapled grant` makes) to the first change in the
+    granted account reaching bob's open stream, and from the revocation to the last such change, over
+    several rounds. Alice changes a note every few milliseconds meanwhile."""
+    loop = asyncio.get_running_loop()
+    seen: asyncio.Queue[float] = asyncio.Queue()
+
+    async def read() -> None:
+        async for at, changed in events:
+            if client.account_id in changed:
+                seen.put_nowait(at)
+
+    reader = asyncio.create_task(read())
+    writing = True
+
+    async def write() -> None:
+        while writing:
+            await create_note(client)
+            await asyncio.sleep(0.02)
+
+    writer = asyncio.create_task(write())
+    granted: list[float] = []
+    revoked: list[float] = []
+    try:
+        for _ in range(rounds):
+            await share(client, "bob@example.org", "alice@example.org", False)
+            start = loop.time()
+            async with asyncio.timeout(5):
+                while (at := await seen.get()) < start:
+                    pass
+            granted.append(at - start)
+            await revoke_grant(client.app[RUNTIME], "bob@example.org", "alice@example.org")
+            start = loop.time()
+            last = start
+            # Over 1.5 s of changes, those bob still sees must all come within the first second.
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(1.5):
+                    while True:
+                        last = max(last, await seen.get())
+            revoked.append(last - start)
+            while not seen.empty():
+                seen.get_nowait()
+    finally:
+        writing = False
+        await writer
+        reader.cancel()
+    return granted, revoked
+
+
+async def test_a_grant_given_or_revoked_reaches_an_open_stream_within_a_second(client, bob):
+    """Issue 3: a new grant or a revoked one reaches open streams within 1 s (measured several times)."""
+    resp = await open_stream(client, types="Note", auth=basic("bob@example.org"))
+    granted, revoked = await measure_grant_latencies(client, events_of_stream(resp))
+    assert max(granted) < 1.0, granted
+    assert max(revoked) < 1.0, revoked
     resp.close()
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
+import struct
 from types import SimpleNamespace
 from typing import Any
 
@@ -19,8 +21,10 @@ from jmaple.cli import make_runner
 from jmaple.config import Config
 from jmaple.keys import RUNTIME, SUPERVISOR
 from jmaple.store import accounts
+from jmaple.api.websocket import MESSAGE_CAP
 from jmaple.users import create_credential, create_user
 from notes import PLUGIN as NOTES_PLUGIN
+from test_api_eventsource import HOSTILE_IDS, measure_grant_latencies, short
 
 USING = [CORE, NOTES]
 
@@ -146,6 +150,97 @@ async def test_a_message_over_max_size_request_is_a_limit_error(small_client):
     await ws.close()
 
 
+def frame(opcode: int, payload: bytes, fin: bool = True, length: int | None = None) -> bytes:
+    """A client's masked frame (RFC 6455 §5.2); `length` may claim more than the payload sent."""
+    n = len(payload) if length is None else length
+    head = bytes([(0x80 if fin else 0) | opcode])
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 1 << 16:
+        head += bytes([0x80 | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
+    mask = os.urandom(4)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def raw_socket(port: int, auth: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A WebSocket opened by hand, for frames aiohttp's client would not send."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(f"GET /jmap/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {auth}\r\n"
+                 f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                 f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: jmap\r\n\r\n".encode())
+    async with asyncio.timeout(5):
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101 ")
+    return reader, writer
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """The next server frame (unmasked) as (opcode, payload)."""
+    async with asyncio.timeout(5):
+        first, second = await reader.readexactly(2)
+        n = second & 0x7F
+        if n == 126:
+            n = struct.unpack("!H", await reader.readexactly(2))[0]
+        elif n == 127:
+            n = struct.unpack("!Q", await reader.readexactly(8))[0]
+        return first & 0x0F, await reader.readexactly(n)
+
+
+async def test_a_message_far_over_max_size_request_is_a_limit_error_too(small_client):
+    """Issue 3 / RFC 8887 §4.3.4: however far over maxSizeRequest (here 100 times), a RequestError
+    `limit`, and the socket stays usable; the old bound was twice the limit, past which it closed (1009)."""
+    ws = await connect(small_client)
+    for size in (2 * 10_000 + 1025, 1_000_000):
+        await ws.send_str(orjson.dumps(request([["Core/echo", {"x": "y" * size}, "c"]], "big")).decode())
+        error = await receive(ws)
+        assert error["@type"] == "RequestError"
+        assert (error["type"], error["limit"], error["status"]) == (
+            "urn:ietf:params:jmap:error:limit", "maxSizeRequest", 400)
+        await ws.send_str(orjson.dumps(request([["Core/echo", {}, "c"]], "ok")).decode())
+        assert (await receive(ws))["requestId"] == "ok"
+    await ws.close()
+
+
+async def test_a_fragmented_message_over_max_size_request_is_a_limit_error(small_client):
+    """maxSizeRequest counts the whole message, however many frames carry it."""
+    reader, writer = await raw_socket(small_client.server.port, small_client.auth)
+    body = orjson.dumps(request([["Core/echo", {"x": "y" * 12_000}, "c"]]))
+    writer.write(frame(0x1, body[:6000], fin=False) + frame(0x0, body[6000:]))
+    opcode, payload = await read_frame(reader)
+    assert opcode == 0x1
+    assert orjson.loads(payload)["type"] == "urn:ietf:params:jmap:error:limit"
+    writer.write(frame(0x1, orjson.dumps(request([["Core/echo", {}, "c"]], "ok"))))
+    opcode, payload = await read_frame(reader)
+    assert orjson.loads(payload)["requestId"] == "ok"
+    writer.close()
+
+
+async def test_a_message_beyond_the_hard_cap_closes_with_1009(small_client, caplog):
+    """Past MESSAGE_CAP aiohttp refuses the frame from its header, before buffering it, and cannot skip it:
+    the connection closes with 1009 (Message Too Big), its subscription released, nothing logged as an error."""
+    reader, writer = await raw_socket(small_client.server.port, small_client.auth)
+    writer.write(frame(0x1, orjson.dumps({"@type": "WebSocketPushEnable", "dataTypes": None})))
+    writer.write(frame(0x1, b"{", length=MESSAGE_CAP + 1))
+    opcode, payload = await read_frame(reader)
+    assert (opcode, struct.unpack("!H", payload[:2])[0]) == (0x8, 1009)
+    writer.close()
+    async with asyncio.timeout(5):
+        while small_client.app[RUNTIME].broker.subscriber_count() or small_client.app[SUPERVISOR].streams:
+            await asyncio.sleep(0.02)
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_a_text_frame_that_is_not_utf8_fails_the_connection_with_1007(client):
+    """RFC 6455 §8.1: a text frame must be UTF-8 (we read frames as bytes, so we check it ourselves)."""
+    reader, writer = await raw_socket(client.server.port, client.auth)
+    writer.write(frame(0x1, b'{"@type": "Request", "id": "\xff"}'))
+    opcode, payload = await read_frame(reader)
+    assert (opcode, struct.unpack("!H", payload[:2])[0]) == (0x8, 1007)
+    writer.close()
+
+
 async def test_push_enable_sends_state_changes_with_push_state(client):
     """RFC 8887 §4.3.5: StateChange messages carry a pushState."""
     ws = await connect(client)
@@ -188,6 +283,24 @@ async def test_an_old_push_state_gets_what_changed_since_at_once(client):
     await ws.close()
 
 
+@pytest.mark.parametrize("token", HOSTILE_IDS, ids=short)
+async def test_a_hostile_push_state_is_an_unknown_one(client, token):
+    """RFC 8887 §4.3.5.2: a pushState we cannot use is treated as unknown: one StateChange with every
+    current state (as for an unparsable Last-Event-ID), and the socket stays usable."""
+    state = (await client.call("Note/set", {"create": {"a": {"title": "x"}}}))["newState"]
+    ws = await connect(client)
+    await ws.send_str(orjson.dumps({"@type": "WebSocketPushEnable", "dataTypes": ["Note"],
+                                    "pushState": token}).decode())
+    change = await receive(ws)
+    assert change["@type"] == "StateChange"
+    assert change["changed"] == {client.account_id: {"Note": state}}
+    await ws.send_str(orjson.dumps(request([["Core/echo", {}, "c"]], "after")).decode())
+    assert (await receive(ws))["requestId"] == "after"
+    state = (await client.call("Note/set", {"create": {"b": {"title": "y"}}}))["newState"]
+    assert (await receive(ws))["changed"] == {client.account_id: {"Note": state}}
+    await ws.close()
+
+
 async def test_max_concurrent_requests_counts_websocket_requests(small_client):
     ws = await connect(small_client)
     body = orjson.dumps(request([["Core/echo", {}, "c"]], "x")).decode()
@@ -211,6 +324,26 @@ async def test_a_revoked_credential_closes_the_socket_with_1008(client):
         msg = await ws.receive()
     assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
     assert ws.close_code == 1008
+
+
+async def test_a_grant_given_or_revoked_reaches_an_open_socket_within_a_second(client, bob):
+    """Issue 3: a new grant or a revoked one reaches open WebSockets within 1 s (measured several times)."""
+    ws = await connect(client, auth=basic("bob@example.org"))
+    await ws.send_str(orjson.dumps({"@type": "WebSocketPushEnable", "dataTypes": ["Note"]}).decode())
+    await ws.send_str(orjson.dumps(request([["Core/echo", {}, "c"]], "ready")).decode())
+    assert (await receive(ws))["requestId"] == "ready"
+
+    async def changes() -> Any:
+        loop = asyncio.get_running_loop()
+        while True:
+            message = await receive(ws, timeout=30)
+            if message["@type"] == "StateChange":
+                yield loop.time(), message["changed"]
+
+    granted, revoked = await measure_grant_latencies(client, changes(), rounds=2)
+    assert max(granted) < 1.0, granted
+    assert max(revoked) < 1.0, revoked
+    await ws.close()
 
 
 async def test_no_stream_leaks_after_many_connections(client):
@@ -269,3 +402,50 @@ async def test_sockets_of_clients_that_vanished_are_released(served):
     async with asyncio.timeout(2):
         while broker.subscriber_count() or supervisor.streams or served.runner.server.connections:
             await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def heartbeat_client(aiohttp_client, tmp_path):
+    from conftest import add_user
+    config = Config.for_tests(data_dir=tmp_path / "d", push={"websocket_heartbeat": 5})
+    c = await aiohttp_client(make_app(config, capabilities=[NOTES_PLUGIN]))
+    user = await add_user(c, "alice@example.org")
+    c.auth = basic("alice@example.org")
+    c.account_id = user.account_id
+    return c
+
+
+async def test_the_server_pings_idle_sockets_and_drops_a_peer_that_stops_answering(heartbeat_client):
+    """Issue 3: server pings keep proxies from closing idle sockets; a peer that does not answer one
+    within half the interval is dropped, its subscription released. One that answers stays."""
+    client = heartbeat_client
+    broker = client.app[RUNTIME].broker
+    live = await connect(client)
+    dead = await connect(client, autoping=False)
+    for ws in (live, dead):
+        await ws.send_str(orjson.dumps({"@type": "WebSocketPushEnable", "dataTypes": ["Note"]}).decode())
+        await ws.send_str(orjson.dumps(request([["Core/echo", {}, "c"]], "ready")).decode())
+        assert (await receive(ws))["requestId"] == "ready"
+    assert broker.subscriber_count() == 2
+    received: asyncio.Queue[aiohttp.WSMessage] = asyncio.Queue()
+
+    async def read_live() -> None:   # aiohttp's client answers pings while it is receiving
+        async for msg in live:
+            received.put_nowait(msg)
+
+    reader = asyncio.create_task(read_live())
+    async with asyncio.timeout(5 + 1):
+        ping = await dead.receive()
+    assert ping.type == aiohttp.WSMsgType.PING
+    async with asyncio.timeout(2.5 + 2):
+        msg = await dead.receive()   # no pong from us
+    assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED), msg
+    async with asyncio.timeout(5):
+        while broker.subscriber_count() != 1 or len(client.app[SUPERVISOR].streams) != 1:
+            await asyncio.sleep(0.02)
+    state = (await client.call("Note/set", {"create": {"a": {"title": "x"}}}))["newState"]
+    async with asyncio.timeout(5):
+        msg = await received.get()
+    assert orjson.loads(msg.data)["changed"] == {client.account_id: {"Note": state}}
+    reader.cancel()
+    await live.close()

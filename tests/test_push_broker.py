@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import sys
 
+from jmaple.api.streams import Stream
+from jmaple.core.context import Principal
 from jmaple.push.broker import PushBroker
+from jmaple.store.accounts import Access
 
 
 async def test_a_subscriber_receives_the_states_of_its_accounts_only():
@@ -96,6 +99,41 @@ async def test_closing_and_following_accounts_leave_nothing_behind():
         sub.close()
     assert broker.subscriber_count() == 0
     assert broker._by_account == {}
+
+
+async def test_following_accounts_after_closing_is_a_no_op():
+    """A closed subscription must never come back into the broker (nor be woken by it)."""
+    broker = PushBroker()
+    sub = broker.subscribe(["A1"])
+    sub.close()
+    sub.set_accounts(["A1", "A2"])
+    assert broker.subscriber_count() == 0
+    assert broker._by_account == {}
+    await broker.publish("A2", {"Note": "1"})
+    assert sub.pending == {}
+    assert sub.account_ids == frozenset({"A1"})
+
+
+def principal(*account_ids: str, version: int = 1) -> Principal:
+    accounts = {a: Access(a, a, n == 0, True) for n, a in enumerate(account_ids)}
+    return Principal("u1", "bob@example.org", "Bob", None, accounts, version)
+
+
+async def test_a_stream_whose_client_left_during_a_recheck_does_not_follow_a_grant():
+    """The race behind it: the supervisor awaits the store to recheck a stream's credentials, the client
+    disconnects meanwhile (its handler closes the subscription), then the recheck reports a new grant."""
+    broker = PushBroker()
+
+    async def on_close(code: int, reason: str) -> None:
+        pass
+
+    stream = Stream(principal("A1"), "Basic x", on_close)
+    stream.subscription = broker.subscribe(["A1"])
+    stream.subscription.close()                  # the SSE handler's `finally`
+    stream.follow(principal("A1", "A2", version=2))
+    assert broker.subscriber_count() == 0
+    await broker.publish("A2", {"Note": "1"})
+    assert stream.subscription.pending == {}
 
 
 async def test_next_returns_nothing_once_closed():

@@ -6,18 +6,23 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
+
+import aiohttp
 
 import orjson
 import pytest
 import redis
 import redis.asyncio
 
-from conftest import add_user, basic
+from conftest import CORE, PASSWORD, add_user, basic
 from jmaple.app import make_app, open_runtime
 from jmaple.cli import CliError, data_dir_lock
 from jmaple.config import Config, ConfigError
@@ -350,3 +355,156 @@ async def test_a_dropped_subscription_is_taken_up_again(pair, redis_server):
 ])
 def test_logs_show_the_redis_url_without_its_password(url, shown):
     assert shown_url(url) == shown
+
+
+# --- two real `jmapled serve` processes --------------------------------------------------------------------
+
+MAIL = "urn:ietf:params:jmap:mail"
+ENV = {k: v for k, v in os.environ.items() if k not in ("JMAPLE_CONFIG", "NOTIFY_SOCKET", "JOURNAL_STREAM")}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServeProcess:
+    """`jmapled serve --config FILE --listen 127.0.0.1:PORT` in a process of its own, its log in a file."""
+
+    def __init__(self, config: Path, tmp_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = tmp_path / f"jmapled-{self.port}.log"
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "jmaple.cli", "serve", "--config", str(config),
+                                          "--listen", f"127.0.0.1:{self.port}"],
+                                         stdout=log, stderr=subprocess.STDOUT, env=ENV)
+
+    async def ready(self, http: aiohttp.ClientSession) -> None:
+        async with asyncio.timeout(20):
+            while True:
+                assert self.proc.poll() is None, f"jmapled exited early:\n{self.log_path.read_text()}"
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(self.url + "/healthz") as resp:
+                        if resp.status == 200:
+                            return
+                await asyncio.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+async def serve_pair(redis_server, receiver, ca_file, tmp_path) -> AsyncIterator[tuple[list[ServeProcess], str]]:
+    """Two `jmapled serve` processes on one data directory and one Redis, alice's account created by the
+    CLI; `[push]` lets them POST webhooks to the TLS receiver on 127.0.0.1. Yields them and alice's
+    Authorization header."""
+    config = tmp_path / "config.toml"
+    config.write_text(f"""
+[server]
+data_dir = "{tmp_path / 'data'}"
+[storage]
+synchronous = "NORMAL"
+[auth]
+scrypt_n = 16
+[logging]
+access_log = false
+[push]
+broker = "{redis_server.url}"
+allow_private_targets = true
+extra_ca_file = "{ca_file}"
+backoff_initial = 0.05
+backoff_max = 0.2
+""")
+    done = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "jmaple.cli", "user", "add", "alice@example.org", "--password-stdin",
+        "--config", str(config), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    out, err = await done.communicate(f"{PASSWORD}\n".encode())
+    assert done.returncode == 0, err.decode()
+    daemons = [ServeProcess(config, tmp_path), ServeProcess(config, tmp_path)]
+    try:
+        async with aiohttp.ClientSession() as http:
+            for daemon in daemons:
+                await daemon.ready(http)
+        yield daemons, basic("alice@example.org")
+    finally:
+        for daemon in daemons:
+            daemon.stop()
+        for daemon in daemons:
+            if daemon.proc.returncode not in (0, None):
+                print(daemon.log_path.read_text())
+
+
+async def jmap(http: aiohttp.ClientSession, daemon: ServeProcess, auth: str, method: str,
+               args: dict[str, Any]) -> dict[str, Any]:
+    body = {"using": [CORE, MAIL], "methodCalls": [[method, args, "0"]]}
+    async with http.post(daemon.url + "/jmap/api", data=orjson.dumps(body),
+                         headers={"Authorization": auth, "Content-Type": "application/json"}) as resp:
+        assert resp.status == 200, await resp.text()
+        (name, result, _), = (await resp.json())["methodResponses"]
+    assert name == method, result
+    return result
+
+
+async def sse_states(resp: aiohttp.ClientResponse, account_id: str, out: list[str]) -> None:
+    """Append the Mailbox state of each StateChange on an event stream to `out`."""
+    while line := await resp.content.readline():
+        if line.startswith(b"data: "):
+            out.append(orjson.loads(line[6:])["changed"][account_id]["Mailbox"])
+
+
+async def test_two_serve_processes_push_every_change_to_both_and_each_webhook_once(serve_pair, receiver):
+    """Issue 3, several processes: a change made through either `jmapled serve` reaches the EventSource
+    clients of both, and a webhook (PushSubscription) gets each change exactly once."""
+    daemons, auth = serve_pair
+    one, two = daemons
+    async with aiohttp.ClientSession() as http:
+        async with http.get(one.url + "/jmap/session", headers={"Authorization": auth}) as resp:
+            account_id = (await resp.json())["primaryAccounts"][MAIL]
+        result = await jmap(http, one, auth, "PushSubscription/set", {"create": {"c": {
+            "deviceClientId": "d", "url": receiver.url("/hook"), "types": ["Mailbox"]}}})
+        sub_id = result["created"]["c"]["id"]
+        verification = (await receiver.nth("/hook", 1)).json
+        assert verification["pushSubscriptionId"] == sub_id
+        result = await jmap(http, two, auth, "PushSubscription/set",
+                            {"update": {sub_id: {"verificationCode": verification["verificationCode"]}}})
+        assert result["updated"] == {sub_id: None}
+
+        seen: list[list[str]] = [[], []]
+        streams = [await http.get(d.url + "/jmap/eventsource?types=Mailbox&closeafter=no&ping=0",
+                                  headers={"Authorization": auth}) for d in daemons]
+        assert [r.status for r in streams] == [200, 200]
+        readers = [asyncio.create_task(sse_states(r, account_id, out)) for r, out in zip(streams, seen)]
+
+        expected: list[str] = []
+        for n, writer in enumerate((one, two, two, one)):
+            result = await jmap(http, writer, auth, "Mailbox/set", {"accountId": account_id,
+                                                                    "create": {"m": {"name": f"box {n}"}}})
+            expected.append(result["newState"])
+            # Each change is awaited everywhere before the next, so none is coalesced with another.
+            posted = await receiver.nth("/hook", 1 + len(expected))
+            assert posted.json["changed"] == {account_id: {"Mailbox": expected[-1]}}
+            async with asyncio.timeout(5):
+                while any(len(out) < len(expected) for out in seen):
+                    await asyncio.sleep(0.02)
+        # Both daemons' pollers see every commit within 0.25 s; a second publish of any of them (a second
+        # POST, a second event) would show within this second.
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(1):
+                async with receiver.changed:
+                    await receiver.changed.wait_for(lambda: len(receiver.at("/hook")) > 1 + len(expected))
+        assert [r.json["changed"][account_id]["Mailbox"] for r in receiver.at("/hook")[1:]] == expected
+        assert seen == [expected, expected]
+        for task in readers:
+            task.cancel()
+        for resp in streams:
+            resp.close()
+    for daemon in daemons:
+        assert "Traceback" not in daemon.log_path.read_text(), daemon.log_path.read_text()

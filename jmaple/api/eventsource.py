@@ -112,7 +112,8 @@ async def eventsource(request: web.Request) -> web.StreamResponse:
     if closeafter not in ("state", "no"):
         return problem(400, "about:blank", "closeafter must be state or no")
     ping_text = query.get("ping", "0")
-    if not ping_text.isdigit() or len(ping_text) > 9:
+    # isascii(): isdigit() alone lets "²" through, which int() refuses.
+    if not (ping_text.isascii() and ping_text.isdigit()) or len(ping_text) > 9:
         return problem(400, "about:blank", "ping must be a non-negative integer (seconds)")
     ping = int(ping_text)
     if ping:
@@ -149,10 +150,12 @@ async def eventsource(request: web.Request) -> web.StreamResponse:
         last_id = request.headers.get("Last-Event-ID")
         if last_id is not None:
             watermark = publisher.watermark
+            seq = push_state.decode(last_id)
+            # Keyed by what the id means, not its text: every unparsable id asks the same question.
             missed = await supervisor.reads.get(
-                ("eventsource", sub.account_ids, types, last_id, watermark), runtime.broker.generation,
+                ("eventsource", sub.account_ids, types, seq, watermark), runtime.broker.generation,
                 functools.partial(_changed_since, runtime, sub.account_ids, last_id, watermark, types))
-            if missed or push_state.decode(last_id) is None:
+            if missed or seq is None:
                 await out.write(supervisor.encoded.get(state_chunk, missed, watermark))
                 if closeafter == "state":
                     return response

@@ -8,7 +8,7 @@ import logging
 from typing import Any
 
 import orjson
-from aiohttp import WSMsgType, hdrs, web
+from aiohttp import WSCloseCode, WSMsgType, hdrs, web
 
 from jmaple.api.http import origin_allowed, problem
 from jmaple.api.streams import Stream
@@ -17,6 +17,26 @@ from jmaple.core.errors import RequestError
 from jmaple.keys import AUTH_HEADER, CONFIG, DISPATCHER, LIMITER, PUBLISHER, RUNTIME, SUPERVISOR, principal_of
 
 log = logging.getLogger(__name__)
+
+# aiohttp holds a whole message in memory before handing it over, and cannot skip the rest of one it
+# refused: past its max_msg_size it fails the connection (1009). So we let it take messages well beyond
+# maxSizeRequest and answer those over maxSizeRequest with a RequestError `limit`, the socket staying
+# usable (RFC 8887 §4.3.4). Only beyond this bound, which caps what one connection can make us hold, do
+# we close with 1009: a client sending that much has ignored the limit the session advertised.
+MESSAGE_CAP = 64 * 1024 * 1024
+
+
+def max_message_size(max_size_request: int) -> int:
+    """The largest message aiohttp reads whole: MESSAGE_CAP, or twice maxSizeRequest if that is more."""
+    return max(MESSAGE_CAP, 2 * max_size_request)
+
+
+def is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def state_change_text(changed: push_state.Changed, seq: int) -> str:
@@ -52,15 +72,21 @@ class Connection:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def on_text(self, data: str) -> None:
+    async def on_text(self, data: bytes) -> None:
+        """One text message, as the UTF-8 bytes it came in (its size is then what maxSizeRequest counts)."""
         limit = self.app[CONFIG].limits.max_size_request
-        if len(data) > limit // 4 and len(data.encode("utf-8", "surrogatepass")) > limit:
+        if len(data) > limit:
             await self.request_error(RequestError("limit", 400, f"the message is larger than maxSizeRequest "
                                                   f"({limit} bytes)", limit="maxSizeRequest"))
             return
         try:
             message = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
+            if not is_utf8(data):
+                # RFC 6455 §8.1: a text frame that is not UTF-8 fails the connection (what aiohttp does when
+                # it decodes text itself).
+                await self.ws.close(code=WSCloseCode.INVALID_TEXT, message=b"Invalid UTF-8 text message")
+                return
             await self.request_error(RequestError("notJSON", 400, f"the message is not valid I-JSON: {exc}"))
             return
         kind = message.get("@type") if isinstance(message, dict) else None
@@ -166,7 +192,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if origin is not None and not origin_allowed(origin, config.server.cors_origins):
         return problem(403, "about:blank", f"origin {origin} is not allowed ([server] cors_origins)")
     ws = web.WebSocketResponse(protocols=("jmap",), heartbeat=config.push.websocket_heartbeat,
-                               max_msg_size=2 * config.limits.max_size_request + 1024, compress=False)
+                               max_msg_size=max_message_size(config.limits.max_size_request), compress=False,
+                               decode_text=False)
     await ws.prepare(request)
 
     async def end(code: int, reason: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from jmaple.store import changes
@@ -15,10 +16,14 @@ def encode(seq: int) -> str:
     return f"s{seq}"
 
 
+# ASCII digits only: str.isdigit() also accepts "²" and friends, which int() then refuses.
+TOKEN = re.compile(r"s([0-9]{1,18})")
+
+
 def decode(token: str | None) -> int | None:
-    if token and token.startswith("s") and token[1:].isdigit() and len(token) < 20:
-        return int(token[1:])
-    return None
+    """The commit sequence number an encode()d token names; None for anything else (never raises)."""
+    match = TOKEN.fullmatch(token) if isinstance(token, str) else None
+    return int(match[1]) if match else None
 
 
 async def changed_since(conn: Conn, account_ids: Iterable[str], token: str | None, current: int,

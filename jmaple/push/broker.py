@@ -86,7 +86,13 @@ class Subscription:
         return {}
 
     def set_accounts(self, account_ids: Iterable[str]) -> None:
-        """Follow a grant given or revoked while the stream is open."""
+        """Follow a grant given or revoked while the stream is open; nothing once closed.
+
+        A stream may close while whoever rechecks its grants is awaiting the store: re-indexing then would
+        put a dead subscription back in the broker for good.
+        """
+        if self.closed:
+            return
         self._broker._reindex(self, frozenset(account_ids))
 
     def close(self) -> None:
