@@ -55,7 +55,9 @@ def _shared_lock(config: Config, broker: PushBroker) -> Lock | None:
 
 @contextlib.asynccontextmanager
 async def open_runtime(config: Config, extra: Sequence[Plugin] = ()) -> AsyncIterator[Runtime]:
-    """Registry, migrated database, broker and blob store: what the daemon and every CLI command need."""
+    """Registry, migrated database, broker and blob store: what the daemon and every CLI command need.
+
+    Each enabled plugin's after_migrate hook runs before the runtime is handed out."""
     registry = Registry.load(config, extra)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     async with contextlib.AsyncExitStack() as stack:
@@ -64,7 +66,11 @@ async def open_runtime(config: Config, extra: Sequence[Plugin] = ()) -> AsyncIte
         await db.migrate(registry.migrations())
         broker = await stack.enter_async_context(make_broker(config))
         blobs = BlobStore(config.data_dir / "blobs", config.limits)
-        yield Runtime(config, registry, db, broker, blobs)
+        runtime = Runtime(config, registry, db, broker, blobs)
+        for plugin in registry.plugins:
+            if plugin.after_migrate is not None:
+                await plugin.after_migrate(runtime)
+        yield runtime
 
 
 async def _every(interval: float, job: Callable[[], Awaitable[Any]], name: str) -> None:
@@ -77,7 +83,12 @@ async def _every(interval: float, job: Callable[[], Awaitable[Any]], name: str) 
 
 
 def _tracer(kind: str, body: Any) -> None:
-    print(f"--- {kind}\n{orjson.dumps(body, option=orjson.OPT_INDENT_2).decode()}", flush=True)
+    """`jmapled dev --trace`: print a request or response; one orjson cannot write gets a placeholder."""
+    try:
+        text = orjson.dumps(body, option=orjson.OPT_INDENT_2).decode()
+    except orjson.JSONEncodeError as exc:   # e.g. nested deeper than orjson writes (254 levels)
+        text = f"<not shown: {exc}>"
+    print(f"--- {kind}\n{text}", flush=True)
 
 
 async def lifespan(app: web.Application) -> AsyncIterator[None]:

@@ -29,21 +29,33 @@ FAILURE_MEMORY = 900.0
 WWW_AUTHENTICATE = 'Basic realm="jmaple", Bearer'
 
 
+def _password_bytes(password: str) -> bytes:
+    """UTF-8 of a password; ValueError for a lone surrogate, which has no UTF-8 form (only Python strings
+    built from bad input carry one; a password read off the wire is always valid UTF-8)."""
+    try:
+        return password.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("a password must be valid Unicode text (it contains a lone surrogate)") from None
+
+
 def hash_password(password: str, config: AuthConfig) -> str:
-    """scrypt with a per-user salt, parameters kept in the string: scrypt$n$r$p$salt$hash."""
+    """scrypt with a per-user salt, parameters kept in the string: scrypt$n$r$p$salt$hash.
+
+    Raises ValueError for a password that is not valid Unicode text (a lone surrogate).
+    """
     salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=config.scrypt_n, r=config.scrypt_r,
+    digest = hashlib.scrypt(_password_bytes(password), salt=salt, n=config.scrypt_n, r=config.scrypt_r,
                             p=config.scrypt_p, maxmem=256 * 1024 * 1024, dklen=32)
     return "$".join(["scrypt", str(config.scrypt_n), str(config.scrypt_r), str(config.scrypt_p),
                      base64.b64encode(salt).decode(), base64.b64encode(digest).decode()])
 
 
 def verify_password(password: str, stored: str) -> bool:
-    """Constant-time check of a password against hash_password's output."""
+    """Constant-time check of a password against hash_password's output (False for one it would refuse)."""
     try:
         scheme, n, r, p, salt, digest = stored.split("$")
         expected = base64.b64decode(digest)
-        got = hashlib.scrypt(password.encode("utf-8", "surrogatepass"), salt=base64.b64decode(salt), n=int(n),
+        got = hashlib.scrypt(_password_bytes(password), salt=base64.b64decode(salt), n=int(n),
                              r=int(r), p=int(p), maxmem=256 * 1024 * 1024, dklen=len(expected))
     except (ValueError, binascii.Error):
         return False
@@ -74,41 +86,74 @@ class Authenticator:
         self.config = config
         self.clock = clock
         self._cache: OrderedDict[bytes, _Entry] = OrderedDict()
-        self._inflight: dict[bytes, asyncio.Future[Principal | None]] = {}
+        self._inflight: dict[bytes, asyncio.Future[Principal | None]] = {}      # verifications
+        self._rechecks: dict[bytes, asyncio.Future[Principal | None]] = {}      # version re-reads
+        self._revalidating: dict[bytes, asyncio.Future[Principal | None]] = {}  # revalidate()
         self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._dummy_hash = hash_password(secrets.token_hex(8), config)
 
     async def authenticate(self, header: str) -> Principal | None:
         """The Principal behind an Authorization header value, or None."""
         key = hashlib.sha256(header.encode("utf-8", "surrogatepass")).digest()
-        now = self.clock()
         entry = self._cache.get(key)
         if entry is not None:
             self._cache.move_to_end(key)
-            if now - entry.checked_at < CACHE_SECONDS:
+            if self.clock() - entry.checked_at < CACHE_SECONDS:
                 return entry.principal
-            async with self.db.read() as conn:
-                version = await conn.value("SELECT version FROM users WHERE id = ?", (entry.principal.user_id,))
-            if version == entry.principal.version:
-                entry.checked_at = now
-                return entry.principal
-            self._cache.pop(key, None)
-        # Concurrent requests with the same credentials share one verification. It runs as a task of
-        # its own, so a client that disconnects (cancelling its handler) does not cancel the others'.
-        task = self._inflight.get(key)
+            # A crowd reconnecting at once with the same credentials re-reads the version once, not once each.
+            principal = await self._shared(self._rechecks, key, lambda: self._recheck(key, entry))
+            if principal is not None:
+                return principal
+        return await self._shared(self._inflight, key, lambda: self._verify_and_cache(key, header))
+
+    async def revalidate(self, header: str) -> Principal | None:
+        """The Principal behind `header` as the store has it now, bypassing the cache (and refreshing it).
+
+        For open streams after a change to their user: authenticate() may answer from before the change
+        for up to CACHE_SECONDS. Concurrent calls for the same credentials share one verification; one
+        that started before a change may miss it, but then its principal's version is already stale and
+        the next check verifies again.
+        """
+        key = hashlib.sha256(header.encode("utf-8", "surrogatepass")).digest()
+        return await self._shared(self._revalidating, key, lambda: self._verify_and_cache(key, header))
+
+    @staticmethod
+    async def _shared(table: dict[bytes, asyncio.Future[Principal | None]], key: bytes,
+                      start: Callable[[], Awaitable[Principal | None]]) -> Principal | None:
+        """start()'s result, shared by every caller for `key` while it runs.
+
+        It runs as a task of its own, so a client that disconnects (cancelling its handler) does not
+        cancel the others'.
+        """
+        task = table.get(key)
         if task is None:
-            task = asyncio.ensure_future(self._verify_and_cache(key, header))
-            self._inflight[key] = task
-            task.add_done_callback(lambda done: (self._inflight.pop(key, None),
+            task = asyncio.ensure_future(start())
+            table[key] = task
+            task.add_done_callback(lambda done: (table.pop(key, None),
                                                  done.cancelled() or done.exception()))
         return await asyncio.shield(task)
+
+    async def _recheck(self, key: bytes, entry: _Entry) -> Principal | None:
+        """entry's principal if its user is unchanged since (renewing the entry), else None (dropping it)."""
+        now = self.clock()
+        async with self.db.read() as conn:
+            version = await conn.value("SELECT version FROM users WHERE id = ?", (entry.principal.user_id,))
+        if version == entry.principal.version:
+            entry.checked_at = now
+            return entry.principal
+        if self._cache.get(key) is entry:
+            del self._cache[key]
+        return None
 
     async def _verify_and_cache(self, key: bytes, header: str) -> Principal | None:
         principal = await self._verify(header)
         if principal is not None:
             self._cache[key] = _Entry(principal, self.clock())
+            self._cache.move_to_end(key)
             if len(self._cache) > CACHE_SIZE:
                 self._cache.popitem(last=False)
+        else:
+            self._cache.pop(key, None)
         return principal
 
     async def _verify(self, header: str) -> Principal | None:

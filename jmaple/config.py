@@ -170,7 +170,7 @@ class PushConfig:
         _field("ping_min", lambda: _check(1 <= self.ping_min <= 30, "must be between 1 and 30 (seconds)"))
         _field("ping_max", lambda: _check(300 <= self.ping_max <= 86400, "must be between 300 and 86400 (seconds)"))
         _field("websocket_heartbeat", lambda: _check(
-            5 <= self.websocket_heartbeat <= 600, "must be between 5 and 600 (seconds between WebSocket pings)"))
+            1 <= self.websocket_heartbeat <= 600, "must be between 1 and 600 (seconds between WebSocket pings)"))
         _field("extra_ca_file", lambda: _check(not self.extra_ca_file or Path(self.extra_ca_file).is_file(),
                                                f"no such file: {self.extra_ca_file}"))
         _field("vapid_contact", lambda: _check(

@@ -82,7 +82,8 @@ async def test_types_filter_ignores_unknown_names_and_rejects_malformed(client):
     state = await create_note(client)
     assert (await next_event(resp))["data"]["changed"] == {client.account_id: {"Note": state}}
     resp.close()
-    for bad in ("", "Note,,Mailbox", "No te", "Note;drop"):
+    for bad in ("", "Note,,Mailbox", "No te", "Note;drop", "Note%0A", "Note%0A,Thread", "%0ANote", "Note%09",
+                "*%0A", "Note%00"):
         resp = await open_stream(client, types=bad)
         assert resp.status == 400, bad
         assert resp.headers["Content-Type"] == "application/problem+json"

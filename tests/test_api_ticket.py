@@ -8,7 +8,8 @@ from typing import Any
 import orjson
 import pytest
 
-from jmaple.api.ticket import FIRST_USE_SECONDS, RECONNECT_SECONDS, Tickets
+from jmaple.api.ticket import FIRST_USE_SECONDS, MAX_TICKETS_PER_USER, RECONNECT_SECONDS, Tickets
+from jmaple.keys import TICKETS
 
 EVENTSOURCE = "/jmap/eventsource"
 WEBSOCKET = "/jmap/ws"
@@ -166,3 +167,30 @@ def test_no_ticket_outlives_six_minutes_however_it_is_used():
         clock.now += 10.0
         alive += 10.0
         assert alive <= FIRST_USE_SECONDS + RECONNECT_SECONDS
+
+
+def test_past_32_live_tickets_a_user_loses_its_oldest_and_no_one_else_does():
+    """Only invalid tickets were pruned, so one user could fill memory with valid ones."""
+    clock = Clock()
+    tickets = Tickets(clock)
+    other, _ = tickets.issue("Basic y", EVENTSOURCE, owner="u2")
+    mine = [tickets.issue("Basic x", EVENTSOURCE, owner="u1")[0] for _ in range(MAX_TICKETS_PER_USER + 3)]
+    assert MAX_TICKETS_PER_USER == 32
+    assert [tickets.redeem(t, EVENTSOURCE) for t in mine[:3]] == [None] * 3
+    assert all(tickets.redeem(t, EVENTSOURCE) == "Basic x" for t in mine[3:])
+    assert tickets.redeem(other, EVENTSOURCE) == "Basic y"
+    # The cap counts live tickets only: once the old ones expired, new ones displace nothing.
+    clock.now += FIRST_USE_SECONDS + RECONNECT_SECONDS
+    fresh = [tickets.issue("Basic x", WEBSOCKET, owner="u1")[0] for _ in range(MAX_TICKETS_PER_USER)]
+    assert all(tickets.redeem(t, WEBSOCKET) == "Basic x" for t in fresh)
+
+
+async def test_the_ticket_endpoint_caps_live_tickets_per_user(client):
+    issued = []
+    for _ in range(MAX_TICKETS_PER_USER + 1):
+        resp = await post(client, b'{"endpoint": "eventsource"}')
+        assert resp.status == 200
+        issued.append((await resp.json())["ticket"])
+    tickets = client.app[TICKETS]
+    assert tickets.redeem(issued[0], EVENTSOURCE) is None
+    assert tickets.redeem(issued[-1], EVENTSOURCE) == client.auth

@@ -88,6 +88,30 @@ async def test_request_and_response_carry_the_request_id(client):
     await ws.close()
 
 
+def nested(depth: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+async def test_deeply_nested_arguments_fail_that_call_alone_as_over_http(client):
+    """The message's bracket count bounds its nesting; past 128 levels a call is invalidArguments."""
+    ws = await connect(client)
+    for depth in (129, 300):
+        deep = "[" * (depth - 1) + '"leaf"' + "]" * (depth - 1)   # deeper than orjson writes
+        calls = [["Core/echo", {"v": nested(100)}, "shallow"], ["Core/echo", {"v": "[[[[{{{{"}, "brackets-in-a-string"]]
+        text = orjson.dumps(request(calls)).decode()
+        await ws.send_str(text.replace('"methodCalls":[', '"methodCalls":[["Core/echo",{"v":' + deep + '},"deep"],'))
+        reply = await receive(ws)
+        assert reply["methodResponses"] == [
+            ["error", {"type": "invalidArguments", "description": "the arguments nest deeper than 128 levels"},
+             "deep"],
+            ["Core/echo", {"v": nested(100)}, "shallow"],
+            ["Core/echo", {"v": "[[[[{{{{"}, "brackets-in-a-string"]]
+    await ws.close()
+
+
 async def test_several_requests_in_flight_on_one_socket(client):
     ws = await connect(client)
     for n in range(3):
@@ -407,7 +431,7 @@ async def test_sockets_of_clients_that_vanished_are_released(served):
 @pytest.fixture
 async def heartbeat_client(aiohttp_client, tmp_path):
     from conftest import add_user
-    config = Config.for_tests(data_dir=tmp_path / "d", push={"websocket_heartbeat": 5})
+    config = Config.for_tests(data_dir=tmp_path / "d", push={"websocket_heartbeat": 1})
     c = await aiohttp_client(make_app(config, capabilities=[NOTES_PLUGIN]))
     user = await add_user(c, "alice@example.org")
     c.auth = basic("alice@example.org")
@@ -434,10 +458,10 @@ async def test_the_server_pings_idle_sockets_and_drops_a_peer_that_stops_answeri
             received.put_nowait(msg)
 
     reader = asyncio.create_task(read_live())
-    async with asyncio.timeout(5 + 1):
+    async with asyncio.timeout(1 + 2):
         ping = await dead.receive()
     assert ping.type == aiohttp.WSMsgType.PING
-    async with asyncio.timeout(2.5 + 2):
+    async with asyncio.timeout(0.5 + 2):
         msg = await dead.receive()   # no pong from us
     assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED), msg
     async with asyncio.timeout(5):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import sqlite3
 import time
@@ -12,7 +13,7 @@ import pytest
 
 from conftest import NOTES, PASSWORD, USING, add_user, basic, share
 from jmaple.app import DATABASE_FILE, make_app
-from jmaple.auth import verify_password
+from jmaple.auth import Authenticator, hash_password, verify_password
 from jmaple.config import Config
 from jmaple.keys import AUTHENTICATOR, RUNTIME
 from jmaple.store import accounts
@@ -240,6 +241,117 @@ async def test_a_deleted_user_is_refused_within_a_second(client, bob):
     assert (await session_as(client, basic("bob@example.org"))).status == 200
     await delete_user(client.app[RUNTIME], "bob@example.org")
     assert await wait_for_status(client, basic("bob@example.org"), 401) < 1.5
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def own_authenticator(client) -> tuple[Authenticator, Clock]:
+    """An Authenticator on the app's database with a hand-moved clock, so its cache never expires unasked."""
+    runtime = client.app[RUNTIME]
+    clock = Clock()
+    return Authenticator(runtime.db, runtime.config.auth, clock), clock
+
+
+@contextlib.contextmanager
+def statements_on_readers(client):
+    """The SQL the reader connections run meanwhile (a list filled in as they run)."""
+    readers = client.app[RUNTIME].db._all_readers
+    seen: list[str] = []
+    for reader in readers:
+        reader.raw.set_trace_callback(seen.append)
+    try:
+        yield seen
+    finally:
+        for reader in readers:
+            reader.raw.set_trace_callback(None)
+
+
+@contextlib.asynccontextmanager
+async def all_readers_taken(client):
+    """Hold every reader connection, so that reads started meanwhile wait together until the block ends."""
+    runtime = client.app[RUNTIME]
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range(len(runtime.db._all_readers)):
+            await stack.enter_async_context(runtime.db.read())
+        yield
+
+
+async def test_revalidate_sees_a_change_the_cache_still_hides_and_refreshes_the_cache(client, bob):
+    authenticator, _ = own_authenticator(client)
+    header = basic("bob@example.org")
+    before = await authenticator.authenticate(header)
+    assert list(before.accounts) == [bob.account_id]
+    await share(client, "bob@example.org", "alice@example.org", False)
+    assert await authenticator.authenticate(header) is before             # cached: the clock did not move
+    fresh = await authenticator.revalidate(header)
+    assert set(fresh.accounts) == {bob.account_id, client.account_id}
+    assert await authenticator.authenticate(header) is fresh              # the cache entry was refreshed
+
+
+async def test_revalidate_refuses_revoked_credentials_and_drops_them_from_the_cache(client):
+    authenticator, _ = own_authenticator(client)
+    credential_id, token = await create_credential(client.app[RUNTIME], "alice@example.org", "token", "script")
+    assert await authenticator.authenticate(f"Bearer {token}") is not None
+    await revoke(client, "alice@example.org", credential_id)
+    assert await authenticator.revalidate(f"Bearer {token}") is None
+    assert await authenticator.authenticate(f"Bearer {token}") is None
+
+
+async def test_concurrent_revalidations_of_the_same_credentials_verify_once(client):
+    authenticator, _ = own_authenticator(client)
+    _, token = await create_credential(client.app[RUNTIME], "alice@example.org", "token", "script")
+    with statements_on_readers(client) as seen:
+        async with all_readers_taken(client):
+            tasks = [asyncio.create_task(authenticator.revalidate(f"Bearer {token}")) for _ in range(20)]
+            await asyncio.sleep(0)
+        async with asyncio.timeout(5):
+            principals = await asyncio.gather(*tasks)
+    assert all(p is not None and p.login == "alice@example.org" for p in principals)
+    assert sum("FROM credentials" in sql for sql in seen) == 1
+
+
+async def test_a_crowd_with_the_same_stale_credentials_rereads_the_version_once(client):
+    """A reconnect storm: every client's cache entry went stale at once; one version read serves them."""
+    authenticator, clock = own_authenticator(client)
+    header = basic("alice@example.org")
+    first = await authenticator.authenticate(header)
+    clock.now += 5
+    with statements_on_readers(client) as seen:
+        async with all_readers_taken(client):
+            tasks = [asyncio.create_task(authenticator.authenticate(header)) for _ in range(50)]
+            await asyncio.sleep(0)
+        async with asyncio.timeout(5):
+            principals = await asyncio.gather(*tasks)
+    assert all(p is first for p in principals)
+    assert sum(sql.startswith("SELECT version FROM users") for sql in seen) == 1
+
+
+async def test_a_stale_entry_of_a_changed_user_is_verified_again(client):
+    authenticator, clock = own_authenticator(client)
+    assert await authenticator.authenticate(basic("alice@example.org")) is not None
+    await set_password(client.app[RUNTIME], "alice@example.org", "new secret")
+    clock.now += 5
+    results = await asyncio.gather(*(authenticator.authenticate(basic("alice@example.org")) for _ in range(5)))
+    assert results == [None] * 5
+    assert await authenticator.authenticate(basic("alice@example.org", "new secret")) is not None
+
+
+def test_a_password_with_a_lone_surrogate_is_refused_at_hash_time_and_never_verifies(client):
+    config = client.app[RUNTIME].config.auth
+    with pytest.raises(ValueError, match="lone surrogate"):
+        hash_password("pass\udc80word", config)
+    stored = hash_password("password", config)
+    assert verify_password("pass\udc80word", stored) is False
+    assert verify_password("\ud800", stored) is False
+    assert verify_password("password", stored) is True
 
 
 # --- slowing down repeated failures ----------------------------------------------------------------

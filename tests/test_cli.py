@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import sqlite3
@@ -490,6 +491,40 @@ def test_serve_on_a_port_in_use_says_so(tmp_path):
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"jmapled: error: cannot listen on 127.0.0.1:{port}: "), done.stderr
     assert "Traceback" not in done.stderr
+
+
+def recv_all(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_a_malformed_request_is_answered_400_without_an_error_in_the_log(tmp_path, daemons):
+    """Any client can send these, so each is one DEBUG line, not an ERROR with a traceback."""
+    daemon = Daemon(tmp_path, "serve", "--data-dir", str(tmp_path / "data"))
+    daemons.append(daemon)
+    daemon.wait_ready()
+    for raw in (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Bad: a\x00b\r\n\r\n",
+                b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", daemon.port), timeout=5) as sock:
+            sock.sendall(raw)
+            assert re.match(rb"HTTP/1\.[01] 400 ", recv_all(sock))
+    assert get(daemon.url + "/healthz")[0] == 200
+    assert daemon.stop() == 0
+    assert "ERROR" not in daemon.log and "Traceback" not in daemon.log, daemon.log
+
+
+@pytest.mark.skipif(not shutil.which("ss"), reason="needs ss(8)")
+def test_serve_listens_with_a_deep_backlog(tmp_path, daemons):
+    """Thousands of push clients reconnecting at once wait in the accept queue rather than being refused."""
+    daemon = Daemon(tmp_path, "serve", "--data-dir", str(tmp_path / "data"))
+    daemons.append(daemon)
+    daemon.wait_ready()
+    listing = subprocess.run(["ss", "-Hltn", f"sport = :{daemon.port}"], capture_output=True, text=True,
+                             check=True).stdout.split()
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    assert int(listing[2]) == min(4096, somaxconn)   # a listening socket's Send-Q is its backlog
 
 
 def test_serve_on_a_unix_socket(tmp_path, daemons):

@@ -224,6 +224,20 @@ async def test_deeply_nested_arguments_are_invalid_arguments_not_a_server_error(
         assert responses[2] == ["Core/echo", {"v": nested(100)}, "shallow"]
 
 
+async def test_tracing_never_fails_a_request_even_one_too_deep_to_print(aiohttp_client, tmp_path, capsys):
+    """`jmapled dev --trace`: a body orjson cannot write (past 254 levels) is traced as a placeholder."""
+    client = await aiohttp_client(make_app(Config.for_tests(tmp_path, trace=True), capabilities=[NOTES_PLUGIN]))
+    await add_user(client, "alice@example.org")
+    client.auth = basic("alice@example.org")
+    data = (b'{"using": ["urn:ietf:params:jmap:core"], "ignored": ' + nested_json(300) + b', "methodCalls": ['
+            b'["Core/echo", {"v": 1}, "e"]]}')
+    resp = await post(client, data)
+    assert resp.status == 200
+    assert (await resp.json())["methodResponses"] == [["Core/echo", {"v": 1}, "e"]]
+    out = capsys.readouterr().out
+    assert "--- request\n<not shown: " in out and '--- response\n{\n  "methodResponses"' in out
+
+
 # Method-level errors (RFC 8620 §3.6.2)
 
 async def test_an_unknown_method_fails_that_call_and_the_next_calls_still_run(client):

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
+import asyncio
+import time
 from typing import Any
 
+import jmapc
 import pytest
 
 from conftest import add_user, basic, share
@@ -746,7 +749,6 @@ async def test_query_filters_nested_too_deep_are_unsupported(client):
     [{"property": "colour"}],
     [{"property": "body"}],
     [{"property": "title", "collation": "i;klingon"}],
-    [{"property": "title", "keyword": "x"}],
 ], ids=str)
 async def test_query_sort_the_type_cannot_do_is_unsupported_sort(client, sort):
     """RFC 8620 §5.5: unsupportedSort for a property or collation the server does not support."""
@@ -758,3 +760,52 @@ async def test_query_of_a_granted_account(client, bob_note):
     bob_account, note = bob_note
     result = await client.call("Note/query", {"accountId": bob_account})
     assert result["accountId"] == bob_account and result["ids"] == [note]
+
+
+HOSTILE_FILTERS = [
+    {"operator": "OR", "conditions": [{"title": str(n)} for n in range(20_000)]},
+    {"operator": "AND", "conditions": [{"operator": "OR", "conditions": [{"title": "x"}] * 200}] * 200},
+]
+
+
+@pytest.mark.parametrize("method,extra", [("Note/query", {}), ("Note/queryChanges", {"sinceQueryState": "0"})])
+async def test_query_refuses_hostile_filter_and_sort_sizes_promptly(client, notes, method, extra):
+    """RFC 8620 §5.5: a filter or sort the server will not process is unsupportedFilter / unsupportedSort;
+    at most 256 operators and conditions, 16 levels and 16 Comparators, checked before any is evaluated."""
+    base = {"accountId": client.account_id, **extra}
+    started = time.monotonic()
+    async with asyncio.timeout(5):
+        for tree in HOSTILE_FILTERS:
+            error = await client.error(method, {**base, "filter": tree})
+            assert error["type"] == "unsupportedFilter" and "256" in error["description"]
+        error = await client.error(method, {**base, "sort": [{"property": "title"}] * 20_000})
+        assert error["type"] == "unsupportedSort" and "16" in error["description"]
+    assert time.monotonic() - started < 2
+    assert (await client.error(method, {**base, "sort": [{"property": "rank"}] * 17}))["type"] == "unsupportedSort"
+    result = await client.call(method, {**base, "sort": [{"property": "rank"}] * 16, "filter": {
+        "operator": "OR", "conditions": [{"title": str(n)} for n in range(255)]}})
+    assert "ids" in result or "added" in result
+
+
+async def test_query_filter_depth_limit_is_sixteen(client):
+    tree: Any = {"title": "x"}
+    for _ in range(16):
+        tree = {"operator": "NOT", "conditions": [tree]}
+    assert (await client.call("Note/query", {"filter": tree}))["ids"] == []
+    error = await client.error("Note/query", {"accountId": client.account_id,
+                                              "filter": {"operator": "NOT", "conditions": [tree]}})
+    assert error["type"] == "unsupportedFilter" and "16" in error["description"]
+
+
+async def test_unknown_comparator_properties_are_ignored_as_jmapc_sends_them(client, notes):
+    """RFC 8620 §5.5: a data type may add Comparator properties; jmapc serialises anchorOffset,
+    calculateTotal and position into every Comparator. Unknown ones are ignored; known ones still checked."""
+    comparator = jmapc.Comparator(property="rank", is_ascending=False).to_dict()
+    assert set(comparator) > {"property", "isAscending"}
+    expected = (await client.call("Note/query", {"sort": [{"property": "rank", "isAscending": False}]}))["ids"]
+    assert (await client.call("Note/query", {"sort": [comparator]}))["ids"] == expected
+    result = await client.call("Note/query", {"sort": [{**comparator, "keyword": "x", "x-vendor": [1]}]})
+    assert result["ids"] == expected
+    for bad in [{**comparator, "isAscending": "no"}, {**comparator, "collation": 1}, {"isAscending": True}]:
+        error = await client.error("Note/query", {"accountId": client.account_id, "sort": [bad]})
+        assert error["type"] == "invalidArguments", bad

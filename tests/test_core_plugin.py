@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from conftest import CORE, add_user, basic, share
-from jmaple.app import make_app
+from jmaple.app import make_app, open_runtime
 from jmaple.config import Config, ConfigError
 from jmaple.core.capability import Capability, DataType, Method, Plugin, Property, Registry, RegistryError
 from jmaple.keys import RUNTIME
@@ -91,6 +92,8 @@ def test_a_duplicate_plugin_name_fails_at_startup(tmp_path):
 def test_a_plugin_name_must_be_usable_as_a_config_table(tmp_path):
     with pytest.raises(RegistryError, match="plugin name 'My Notes'"):
         registry(tmp_path, Plugin(name="My Notes"))
+    with pytest.raises(RegistryError, match="plugin name 'notes\\\\n'"):
+        registry(tmp_path, Plugin(name="notes\n"))
 
 
 async def test_the_app_refuses_to_start_with_a_duplicate(aiohttp_client, config):
@@ -318,6 +321,23 @@ async def test_services_are_started_and_stopped_by_the_lifespan(aiohttp_client, 
     assert EVENTS == ["start True"]
     await client.close()
     assert EVENTS == ["start True", "stop"]
+
+
+async def test_after_migrate_runs_in_every_process_that_opens_the_store_after_the_migrations(tmp_path):
+    """Plugin.after_migrate: open_runtime (the daemon and every CLI command) runs it for enabled plugins,
+    once the plugin's migrations have been applied."""
+    seen: list[Any] = []
+
+    async def after_migrate(runtime) -> None:
+        seen.append((await runtime.db.schema_versions()).get("notes"))
+
+    plugin = dataclasses.replace(NOTES_PLUGIN, after_migrate=after_migrate)
+    config = Config.for_tests(data_dir=tmp_path)
+    async with open_runtime(config, [plugin]) as runtime:
+        assert seen == [2] and runtime.registry.plugins
+    async with open_runtime(Config.for_tests(data_dir=tmp_path, capabilities={"notes": {"enabled": False}}),
+                            [plugin]):
+        assert seen == [2]
 
 
 async def test_a_capability_without_methods_describes_the_server_not_accounts(aiohttp_client, config):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 from pathlib import Path
 from typing import Any
@@ -193,14 +192,49 @@ async def test_a_read_only_grant_shows_her_mailboxes_read_only_and_unsubscribed(
     assert len(result["ids"]) == 6
 
 
-async def test_a_read_only_grant_cannot_set_mailboxes(mail, bob):
-    """RFC 8620 §5.3 accountReadOnly; isSubscribed included, since Mailbox/set is a write to her account."""
+async def test_a_read_only_grant_may_subscribe_but_change_nothing_else(mail, bob):
+    """RFC 8621 §2: isSubscribed is per user, so a read-only grantee may set it; any other create, update
+    or destroy is a forbidden SetError (RFC 8620 §5.3). Her subscriptions and mailboxes are untouched."""
     await share(mail, "bob@example.org", "alice@example.org", may_write=False)
     ids = await ids_by_name(mail)
-    for args in ({"create": {"a": {"name": "A"}}}, {"update": {ids["Inbox"]: {"isSubscribed": True}}},
-                 {"destroy": [ids["Junk"]]}):
-        name, result, _ = await as_bob(mail, bob, "Mailbox/set", args)
-        assert (name, result["type"]) == ("error", "accountReadOnly")
+    _, before, _ = await as_bob(mail, bob, "Mailbox/get", {"ids": []})
+    name, result, _ = await as_bob(mail, bob, "Mailbox/set", {
+        "create": {"a": {"name": "A"}, "b": {"name": "B", "parentId": ids["Inbox"]}},
+        "update": {ids["Inbox"]: {"isSubscribed": True},
+                   ids["Sent"]: {"isSubscribed": True, "name": "Posted"},
+                   ids["Drafts"]: {"sortOrder": 9},
+                   ids["Archive"]: {"role": None},
+                   ids["Trash"]: {"parentId": ids["Inbox"]}},
+        "destroy": [ids["Junk"]]})
+    assert name == "Mailbox/set"
+    assert result["updated"] == {ids["Inbox"]: None}
+    assert {k: v["type"] for k, v in result["notCreated"].items()} == {"a": "forbidden", "b": "forbidden"}
+    assert {k: v["type"] for k, v in result["notUpdated"].items()} == {
+        ids["Sent"]: "forbidden", ids["Drafts"]: "forbidden", ids["Archive"]: "forbidden",
+        ids["Trash"]: "forbidden"}
+    assert result["notDestroyed"] == {ids["Junk"]: {"type": "forbidden", "description": "you may not destroy "
+                                                                                        "this mailbox"}}
+    # His /changes sees the subscription.
+    _, changed, _ = await as_bob(mail, bob, "Mailbox/changes", {"sinceState": before["state"]})
+    assert changed["updated"] == [ids["Inbox"]] and changed["newState"] == result["newState"]
+    _, got, _ = await as_bob(mail, bob, "Mailbox/get", {"ids": None})
+    assert {m["name"] for m in got["list"] if m["isSubscribed"]} == {"Inbox"}
+    assert {m["name"] for m in got["list"]} == {"Inbox", "Drafts", "Sent", "Archive", "Junk", "Trash"}
+    mine = await mailboxes(mail)
+    assert all(m["isSubscribed"] for m in mine.values()) and mine["Drafts"]["sortOrder"] == 2
+    assert mine["Archive"]["role"] == "archive" and mine["Trash"]["parentId"] is None
+    name, result, _ = await as_bob(mail, bob, "Mailbox/set", {"update": {ids["Inbox"]: {"isSubscribed": False}}})
+    assert result["updated"] == {ids["Inbox"]: None}
+    _, got, _ = await as_bob(mail, bob, "Mailbox/get", {"ids": [ids["Inbox"]], "properties": ["isSubscribed"]})
+    assert got["list"] == [{"id": ids["Inbox"], "isSubscribed": False}]
+
+
+async def test_every_other_write_to_a_read_only_grant_is_account_read_only(mail, bob):
+    """RFC 8620 §3.6.2 accountReadOnly: only Mailbox/set checks write access itself."""
+    await share(mail, "bob@example.org", "alice@example.org", may_write=False)
+    for method, args in (("Email/set", {"create": {"a": {}}}), ("Email/import", {"emails": {}})):
+        name, result, _ = await as_bob(mail, bob, method, args)
+        assert (name, result["type"]) == ("error", "accountReadOnly"), method
 
 
 async def test_a_read_write_grant_keeps_subscriptions_per_user(mail, bob):
@@ -257,16 +291,10 @@ async def view(runtime, *users) -> list[list[tuple[str, str | None, int, bool]]]
                        for r in await storage.mailboxes(conn, u.account_id, u.id)) for u in users]
 
 
-async def started(runtime) -> None:
-    """What the daemon does with the plugin when it starts (its services, run by lifespan)."""
-    async with contextlib.AsyncExitStack() as stack:
-        for service in MAIL_PLUGIN.services:
-            await stack.enter_async_context(service(runtime))
-
-
 async def test_accounts_from_before_the_mail_capability_get_the_configured_mailboxes(tmp_path):
     """Issue 4 (RFC 8621 §2): accounts that exist before the capability is installed get the mailboxes of
-    [capabilities.mail] default_mailboxes, logged as created (RFC 8620 §5.2), when the plugin starts."""
+    [capabilities.mail] default_mailboxes, logged as created (RFC 8620 §5.2), as soon as a process opens
+    the store with the plugin enabled (its after_migrate hook)."""
     data = tmp_path / "data"
     async with open_runtime(mail_config(data, enabled=False), mail_plugins()) as runtime:
         assert "mail" not in await runtime.db.schema_versions()
@@ -277,7 +305,6 @@ async def test_accounts_from_before_the_mail_capability_get_the_configured_mailb
             await changes.bump(tx, alice.account_id, "Other")
     async with open_runtime(mail_config(data, default_mailboxes=TWO), mail_plugins()) as runtime:
         assert (await runtime.db.schema_versions())["mail"] == 2
-        await started(runtime)
         assert await view(runtime, alice, carol) == [[("Papierkorb", "trash", 2, True),
                                                       ("Posteingang", "inbox", 1, True)]] * 2
         async with runtime.db.read() as conn:
@@ -288,7 +315,8 @@ async def test_accounts_from_before_the_mail_capability_get_the_configured_mailb
             assert sorted(c.created_modseq for c in logged) == [3, 4]
         dave = await create_user(runtime, "dave@example.org", "Dave", PASSWORD)
         assert len((await view(runtime, dave))[0]) == 2
-        await started(runtime)    # again: nobody gets a second set
+    async with open_runtime(mail_config(data, default_mailboxes=TWO), mail_plugins()) as runtime:
+        # Opened again: nobody gets a second set.
         assert [len(v) for v in await view(runtime, alice, carol, dave)] == [2, 2, 2]
 
 
@@ -301,8 +329,21 @@ async def test_an_account_created_while_the_plugin_was_disabled_gets_mailboxes_w
     async with open_runtime(mail_config(data, enabled=False), mail_plugins()) as runtime:
         bob = await create_user(runtime, "bob@example.org", "Bob", PASSWORD)
     async with open_runtime(mail_config(data), mail_plugins()) as runtime:
-        await started(runtime)
         assert await view(runtime, alice, bob) == [DEFAULT_SIX, DEFAULT_SIX]
+
+
+async def test_any_process_that_opens_the_store_provisions_without_a_daemon(tmp_path):
+    """An account made by the users API while mail was disabled has its mailboxes once a CLI command (any
+    open_runtime with mail enabled) has opened the store; no daemon ran."""
+    data = tmp_path / "data"
+    async with open_runtime(mail_config(data, enabled=False), mail_plugins()) as runtime:
+        bob = await create_user(runtime, "bob@example.org", "Bob", PASSWORD)
+        assert "mail" not in await runtime.db.schema_versions()
+    async with open_runtime(mail_config(data), mail_plugins()) as runtime:
+        assert await view(runtime, bob) == [DEFAULT_SIX]
+        async with runtime.db.read() as conn:
+            assert await storage.unprovisioned_accounts(conn) == []
+            assert await changes.state(conn, bob.account_id, "Mailbox") == "6"
 
 
 async def test_jmapled_import_into_an_unprovisioned_account_provisions_it_first(tmp_path):
@@ -316,7 +357,6 @@ async def test_jmapled_import_into_an_unprovisioned_account_provisions_it_first(
     async with open_runtime(mail_config(data, default_mailboxes=TWO), mail_plugins()) as runtime:
         report = await importer.run_import(runtime, bob.account_id, mbox, err=io.StringIO())
         assert report.imported == 1
-        await started(runtime)
         (boxes,) = await view(runtime, bob)
         assert boxes == [("Papierkorb", "trash", 2, True), ("Posteingang", "inbox", 1, True)]
         async with runtime.db.read() as conn:
@@ -372,7 +412,6 @@ async def test_a_data_directory_that_ran_the_old_back_fill_keeps_one_set_of_mail
         assert (await runtime.db.schema_versions())["mail"] == 2
         async with runtime.db.read() as conn:
             before = await storage.mailboxes(conn, alice.account_id, None)
-        await started(runtime)
         assert await view(runtime, alice, carol, dave) == [
             DEFAULT_SIX, [], [("Papierkorb", "trash", 2, True), ("Posteingang", "inbox", 1, True)]]
         async with runtime.db.read() as conn:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from typing import Any
 
@@ -125,10 +126,25 @@ async def test_email_query_sort_options_lists_exactly_the_supported_sorts(mail, 
 
 
 async def test_deep_filter_nesting_is_refused(mail):  # noqa: F811
+    """RFC 8620 §5.5: a filter the server will not process is unsupportedFilter (at most 16 levels)."""
     tree: dict = {"inMailbox": "M1"}
-    for _ in range(100):
+    for _ in range(40):
         tree = {"operator": "AND", "conditions": [tree]}
-    assert (await error(mail, "Email/query", {"filter": tree}))["type"] == "invalidArguments"
+    assert (await error(mail, "Email/query", {"filter": tree}))["type"] == "unsupportedFilter"
+
+
+@pytest.mark.parametrize("method,extra", [("Email/query", {}), ("Email/queryChanges", {"sinceQueryState": "0"})])
+async def test_hostile_filter_and_sort_sizes_are_refused_promptly(mail, method, extra):  # noqa: F811
+    """RFC 8620 §5.5: at most 256 operators and conditions in a filter, at most 16 Comparators."""
+    box = await inbox(mail)
+    async with asyncio.timeout(5):
+        many = {"operator": "AND", "conditions": [{"inMailbox": box}] * 20_000}
+        error_ = await error(mail, method, {**extra, "filter": many})
+        assert error_["type"] == "unsupportedFilter" and "256" in error_["description"]
+        error_ = await error(mail, method, {**extra, "sort": [{"property": "receivedAt"}] * 20_000})
+        assert error_["type"] == "unsupportedSort" and "16" in error_["description"]
+    assert "queryState" in await call(mail, "Email/query", {"filter": {
+        "operator": "AND", "conditions": [{"inMailbox": box}] * 255}})
 
 
 

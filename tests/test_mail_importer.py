@@ -16,7 +16,9 @@ from jmaple.app import open_runtime
 from jmaple.cli import main
 from jmaple.config import Config
 from jmaple.mail import importer, storage
-from jmaple.mail.importer import Progress, Report, decode_mutf7, maildir_flags, maildir_folders, split_mbox
+from jmaple.mail.importer import (
+    Progress, Report, decode_mutf7, is_keyword, maildir_flags, maildir_folders, split_mbox,
+)
 
 LOGIN = "ann@example.org"
 
@@ -109,6 +111,18 @@ def test_maildir_flags_map_to_keywords_and_trash():
     assert maildir_flags("1.M1.host:2,c", letters) == ((), False)     # not a valid keyword: dropped
     assert maildir_flags("1.M1.host", letters) == ((), False)
     assert maildir_flags("1.M1.host:2,z", letters) == ((), False)     # a letter the file does not define
+
+
+@pytest.mark.parametrize("word,valid", [
+    ("$seen", True), ("Important", True), ("x" * 255, True), ("~|}'&#!", True),
+    ("", False), ("x" * 256, False), ("$seen\n", False), ("a\nb", False), ("bad(keyword", False),
+    ("a b", False), ("é", False), ("a]", False), ("a\\", False), ('a"', False), ("a%", False), ("a*", False),
+    ("a{", False),
+])
+def test_is_keyword_follows_rfc_8621_and_refuses_a_trailing_newline(word, valid):
+    """RFC 8621 §4.1.1: 1-255 characters of %x21-%x7E except ( ) { ] % * " \\; all of the word must be."""
+    assert is_keyword(word) is valid
+    assert maildir_flags("1.M1.host:2,a", {"a": word}) == (((word.lower(),) if valid else ()), False)
 
 
 def test_maildir_folders_form_a_tree_with_decoded_names(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import itertools
 from typing import Any
@@ -297,6 +298,17 @@ async def test_query_refuses_what_it_cannot_do(mail):
                  {"calculateTotal": None}, {"nope": 1}, {"sort": {"property": "name"}}]:
         assert (await error(mail, "Mailbox/query", args))["type"] == "invalidArguments", args
     assert (await error(mail, "Mailbox/query", {"anchor": "Mnope"}))["type"] == "anchorNotFound"
+
+
+async def test_query_refuses_hostile_filter_and_sort_sizes_promptly(mail):
+    """RFC 8620 §5.5: at most 256 operators and conditions in a filter, at most 16 Comparators."""
+    async with asyncio.timeout(5):
+        many = {"operator": "OR", "conditions": [{"name": str(n)} for n in range(20_000)]}
+        for method, extra in (("Mailbox/query", {}), ("Mailbox/queryChanges", {"sinceQueryState": "0"})):
+            error_ = await error(mail, method, {**extra, "filter": many})
+            assert error_["type"] == "unsupportedFilter" and "256" in error_["description"]
+            error_ = await error(mail, method, {**extra, "sort": [{"property": "name"}] * 20_000})
+            assert error_["type"] == "unsupportedSort" and "16" in error_["description"]
 
 
 async def test_query_changes_reports_renamed_mailboxes_and_their_subtree(mail, tree):

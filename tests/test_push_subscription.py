@@ -263,10 +263,10 @@ def database_files(runtime) -> bytes:
     return path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
 
 
-async def without_secure_delete(runtime) -> None:
-    """Behave like an SQLite built without SQLITE_SECURE_DELETE (Debian's has it on by default)."""
+async def secure_delete(runtime) -> int:
+    """The writer's PRAGMA secure_delete: Database turns it on, whatever SQLite was built with."""
     async with runtime.db.write() as tx:
-        await tx.execute("PRAGMA secure_delete = 0")
+        return await tx.value("PRAGMA secure_delete")
 
 
 async def test_a_destroyed_subscriptions_url_and_keys_leave_the_database_files(start, receiver):
@@ -274,7 +274,7 @@ async def test_a_destroyed_subscriptions_url_and_keys_leave_the_database_files(s
     database file (free space of a page, free pages) nor the WAL keeps a copy once it is checkpointed."""
     client = await start()
     runtime = client.app[RUNTIME]
-    await without_secure_delete(runtime)
+    assert await secure_delete(runtime) == 1
     ua = UserAgent()
     gone = await subscribe(client, receiver, "/erase-me-4f2a9c", ua=ua)
     await subscribe(client, receiver, "/keep-me-77b1e0")
@@ -289,15 +289,14 @@ async def test_a_destroyed_subscriptions_url_and_keys_leave_the_database_files(s
     assert b"keep-me-77b1e0" in files                 # the scan does see what is stored
     for secret in ("erase-me-4f2a9c", ua.keys["p256dh"], ua.keys["auth"]):
         assert secret.encode() not in files, secret
-    async with runtime.db.write() as tx:
-        assert await tx.value("PRAGMA secure_delete") == 0   # the writer's own setting is put back
+    assert await secure_delete(runtime) == 1
 
 
 async def test_revoking_a_token_erases_its_subscriptions_from_the_database_files(start, receiver):
     """The same erasure when the subscriptions go with their credential (RFC 8620 §7.2)."""
     client = await start()
     runtime = client.app[RUNTIME]
-    await without_secure_delete(runtime)
+    assert await secure_delete(runtime) == 1
     credential_id, token = await create_credential(runtime, "alice@example.org", "token", "phone")
     ua = UserAgent()
     await subscribe(client, receiver, "/token-url-5d0c31", ua=ua, auth=f"Bearer {token}")

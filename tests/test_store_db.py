@@ -32,6 +32,21 @@ async def test_a_cancelled_transaction_leaves_the_writer_usable(tmp_path):
             assert await conn.value("SELECT count(*) FROM t WHERE x = 1000") == 1
 
 
+async def test_the_writer_zeroes_deleted_rows_whatever_sqlite_was_built_with(tmp_path):
+    """RFC 8620 §7.2 (erasing a push subscription's URL and keys): PRAGMA secure_delete is on at open."""
+    path = tmp_path / "db.sqlite3"
+    async with Database.open(path, StorageConfig(synchronous="NORMAL")) as db:
+        async with db.write() as tx:
+            assert await tx.value("PRAGMA secure_delete") == 1
+            await tx.execute("CREATE TABLE t (x TEXT)")
+            await tx.execute("INSERT INTO t VALUES ('keep-0c1d'), ('erase-9f3e')")
+        async with db.write() as tx:
+            await tx.execute("DELETE FROM t WHERE x = 'erase-9f3e'")
+    # Closed: the WAL was checkpointed into the database file and removed.
+    files = b"".join(p.read_bytes() for p in tmp_path.glob("db.sqlite3*"))
+    assert b"keep-0c1d" in files and b"erase-9f3e" not in files
+
+
 async def test_opening_something_that_is_not_a_database_fails_cleanly(tmp_path):
     path = tmp_path / "junk.sqlite3"
     path.write_bytes(b"this is not a database" * 100)

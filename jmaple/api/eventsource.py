@@ -19,17 +19,18 @@ from jmaple.push.broker import Subscription
 
 log = logging.getLogger(__name__)
 
-TYPE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+TYPE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")   # whole names only: fullmatch, as "$" lets "\n" through
 
 
 def parse_types(value: str, known: set[str] | dict[str, str]) -> frozenset[str] | None | str:
     """None for "*", else the known names listed; names we do not know are ignored (a generic client
     keeps working). Returns an error message for an empty or malformed value."""
-    value = value.strip()
+    # Spaces around names are tolerated; any other whitespace or control character (a "\n") is malformed.
+    value = value.strip(" ")
     if value == "*":
         return None
-    names = [n.strip() for n in value.split(",")]
-    if not value or not all(TYPE_NAME.match(n) for n in names):
+    names = [n.strip(" ") for n in value.split(",")]
+    if not value or not all(TYPE_NAME.fullmatch(n) for n in names):
         return "types must be * or a comma-separated list of type names"
     return frozenset(n for n in names if n in known)
 

@@ -186,22 +186,14 @@ class StreamSupervisor:
         if not by_header:
             return
         headers = list(by_header)
-        principals = await asyncio.gather(*(self._verify(h) for h in headers))
+        # authenticate()'s cache may answer from before the change for up to a second.
+        principals = await asyncio.gather(*(self.authenticator.revalidate(h) for h in headers))
         for header, principal in zip(headers, principals):
             for stream in by_header[header]:
                 if principal is None:
                     await stream.close(1008, "credentials revoked")
                 else:
                     stream.follow(principal)   # a no-op for a stream that closed meanwhile
-
-    async def _verify(self, header: str) -> Principal | None:
-        """The principal behind `header` as the store has it now.
-
-        Not authenticate(): its cache may answer from before the change for up to a second, so a grant
-        would reach open streams only after 1-1.5 s.
-        """
-        # TODO(#3): a public Authenticator method that verifies afresh (and refreshes its cache entry).
-        return await self.authenticator._verify(header)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -95,7 +95,8 @@ class Connection:
             await self.request_error(RequestError("notRequest", 400, "a Request's id must be a String"))
             return
         if kind == "Request":
-            self.start_request(message, request_id)
+            # As for HTTP (api/request.py): no value nests deeper than the message has brackets.
+            self.start_request(message, request_id, data.count(b"[") + data.count(b"{"))
         elif kind == "WebSocketPushEnable":
             await self.push_enable(message)
         elif kind == "WebSocketPushDisable" and set(message) == {"@type"}:
@@ -104,7 +105,7 @@ class Connection:
             await self.request_error(RequestError(
                 "notRequest", 400, "a message must be a Request, WebSocketPushEnable or WebSocketPushDisable"))
 
-    def start_request(self, message: dict[str, Any], request_id: Any) -> None:
+    def start_request(self, message: dict[str, Any], request_id: Any, max_depth: int) -> None:
         principal = self.stream.principal
         limits = self.app[CONFIG].limits
         try:
@@ -115,13 +116,13 @@ class Connection:
             self.spawn(self.request_error(exc, request_id))
             return
         body = {k: v for k, v in message.items() if k not in ("@type", "id")}
-        self.spawn(self.run_request(body, request_id, slot))
+        self.spawn(self.run_request(body, request_id, slot, max_depth))
 
     async def run_request(self, body: dict[str, Any], request_id: Any,
-                          slot: contextlib.AbstractContextManager[None]) -> None:
+                          slot: contextlib.AbstractContextManager[None], max_depth: int) -> None:
         try:
             try:
-                response = await self.app[DISPATCHER].handle(self.stream.principal, body)
+                response = await self.app[DISPATCHER].handle(self.stream.principal, body, max_depth=max_depth)
             finally:
                 slot.__exit__(None, None, None)
         except RequestError as exc:

@@ -39,6 +39,10 @@ class Method:
     from_account: str | None = None      # /copy: the argument naming the account read from
     capability: str = ""                 # filled in by the registry
     uses_db: bool = True                 # False: no connection is taken for it (Core/echo)
+    # True: the handler enforces write access itself, so a read-only account reaches it (Mailbox/set lets a
+    # read-only grantee change isSubscribed, which is per user); otherwise the Dispatcher answers
+    # accountReadOnly for a write to a read-only account before the handler runs.
+    checks_write_access: bool = False
 
 
 class Missing:
@@ -168,6 +172,9 @@ class Plugin:
     parse_config: Callable[[Mapping[str, Any]], Any] | None = None   # raise ValueError("key: reason")
     on_account_created: AccountHook | None = None
     on_account_deleted: AccountHook | None = None
+    # Runs in whichever process opens the store (the daemon and every CLI command), after the migrations and
+    # before anything else uses it; it must be idempotent and cheap when there is nothing to do.
+    after_migrate: Callable[[Runtime], Awaitable[Any]] | None = None
     services: tuple[Callable[[Runtime], Any], ...] = ()   # each returns an async context manager
     commands: tuple[Command, ...] = ()
     checks: tuple[Callable[[Runtime], Awaitable[list[str]]], ...] = ()
@@ -202,7 +209,7 @@ class Registry:
             owners[(kind, name)] = plugin.name
 
         for plugin in self.plugins:
-            if not _PLUGIN_NAME.match(plugin.name):
+            if not _PLUGIN_NAME.fullmatch(plugin.name):   # "$" alone would let a trailing newline through
                 raise RegistryError(f"plugin name {plugin.name!r} must match {_PLUGIN_NAME.pattern}")
             claim("plugin", plugin.name, plugin)
             for cap in plugin.capabilities:

@@ -120,8 +120,7 @@ class Dispatcher:
         """
         check_depth = max_depth is None or max_depth > MAX_ARGUMENT_DEPTH
         using, calls, created_in = parse_request(body, self.knows, self.runtime.config.limits.max_calls_in_request)
-        if self.trace:
-            self.trace("request", body)
+        self._trace("request", body)
         created_ids: dict[str, str] = dict(created_in or {})
         used = set(using)
         responses: list[list[Any]] = []
@@ -142,9 +141,18 @@ class Dispatcher:
         response: Response = {"methodResponses": responses, "sessionState": session_state(self.runtime, principal)}
         if created_in is not None:
             response["createdIds"] = created_ids
-        if self.trace:
-            self.trace("response", response)
+        self._trace("response", response)
         return response
+
+    def _trace(self, kind: str, body: Any) -> None:
+        """Hand a request or response to the tracer, which must never fail the request (e.g. on a body
+        too deep to serialise)."""
+        if self.trace is None:
+            return
+        try:
+            self.trace(kind, body)
+        except Exception:
+            log.exception("tracing the %s failed", kind)
 
     def _check_account(self, principal: Principal, method: Method, args: dict[str, Any], arg: str,
                        prefix: str) -> str:
@@ -168,7 +176,8 @@ class Dispatcher:
             account_id = self._check_account(principal, method, args, method.account, "")
         if method.from_account is not None:
             self._check_account(principal, method, args, method.from_account, "from")
-        if method.writes and method.account is not None and not principal.may_write(account_id):
+        if method.writes and method.account is not None and not method.checks_write_access \
+                and not principal.may_write(account_id):
             raise MethodError("accountReadOnly", "this account is shared with you read-only")
         db = self.runtime.db
         # The call works on a copy of the creation ids: a call that fails leaves no ids of objects

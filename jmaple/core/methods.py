@@ -23,7 +23,11 @@ ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 UTC_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$")
 DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$")
 COLLATIONS = ("i;ascii-numeric", "i;ascii-casemap", "i;unicode-casemap", "i;octet")
-MAX_FILTER_DEPTH = 32
+# /query costs grow with the filter and sort given, all evaluated on the event loop: cap them (RFC 8620 §5.5
+# lets a server refuse a filter or sort it will not process, with unsupportedFilter / unsupportedSort).
+MAX_FILTER_DEPTH = 16
+MAX_FILTER_CONDITIONS = 256     # FilterOperators and FilterConditions, counted over the whole tree
+MAX_SORT_COMPARATORS = 16
 
 
 def is_id(value: Any) -> bool:
@@ -673,12 +677,33 @@ _COLLATE: dict[str, Callable[[str], Any]] = {
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
-def parse_filter(data_type: DataType, value: Any, depth: int = 0) -> Any:
-    """Check a FilterOperator/FilterCondition tree; unsupportedFilter for what this type cannot filter on."""
+def parse_filter(data_type: DataType, value: Any) -> Any:
+    """Check a FilterOperator/FilterCondition tree; unsupportedFilter for what this type cannot filter on,
+    or for a tree deeper than MAX_FILTER_DEPTH or larger than MAX_FILTER_CONDITIONS."""
     if value is None:
         return None
-    if depth > MAX_FILTER_DEPTH:
-        raise MethodError("unsupportedFilter", f"filters nest at most {MAX_FILTER_DEPTH} deep")
+    check_filter_size(value)
+    return _parse_filter(data_type, value)
+
+
+def check_filter_size(value: Any) -> None:
+    """unsupportedFilter for a filter nested deeper than MAX_FILTER_DEPTH or with more than
+    MAX_FILTER_CONDITIONS operators and conditions in all; checked before any of it is evaluated."""
+    total = 1
+    stack = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_FILTER_DEPTH:
+            raise MethodError("unsupportedFilter", f"filters nest at most {MAX_FILTER_DEPTH} deep")
+        if isinstance(node, dict) and "operator" in node and isinstance(node.get("conditions"), list):
+            total += len(node["conditions"])
+            if total > MAX_FILTER_CONDITIONS:
+                raise MethodError("unsupportedFilter",
+                                  f"a filter has at most {MAX_FILTER_CONDITIONS} operators and conditions in all")
+            stack.extend((c, depth + 1) for c in node["conditions"])
+
+
+def _parse_filter(data_type: DataType, value: Any) -> Any:
     if not isinstance(value, dict):
         raise invalid_arguments("a filter must be a FilterOperator or FilterCondition object")
     if "operator" in value:
@@ -688,7 +713,7 @@ def parse_filter(data_type: DataType, value: Any, depth: int = 0) -> Any:
             raise MethodError("unsupportedFilter", f"unknown operator {value['operator']!r}")
         if not isinstance(value["conditions"], list):
             raise invalid_arguments("conditions must be an array")
-        return (value["operator"], [parse_filter(data_type, c, depth + 1) for c in value["conditions"]])
+        return (value["operator"], [_parse_filter(data_type, c) for c in value["conditions"]])
     for name, arg in value.items():
         spec = data_type.filters.get(name)
         if spec is None:
@@ -716,17 +741,18 @@ def filter_matches(data_type: DataType, tree: Any, obj: dict[str, Any]) -> bool:
 
 
 def parse_sort(data_type: DataType, value: Any) -> list[tuple[str, bool, str]]:
+    """Check a list of Comparators (RFC 8620 §5.5); unsupportedSort for what this type cannot sort by."""
     if value is None:
         return []
     if not isinstance(value, list):
         raise invalid_arguments("sort must be an array of Comparators")
+    check_sort_size(value)
     out = []
     for comparator in value:
         if not isinstance(comparator, dict) or not isinstance(comparator.get("property"), str):
             raise invalid_arguments("each Comparator needs a property")
-        unknown = set(comparator) - {"property", "isAscending", "collation"}
-        if unknown:
-            raise MethodError("unsupportedSort", f"unknown Comparator property {sorted(unknown)[0]!r}")
+        # RFC 8620 §5.5 lets a data type add Comparator properties, and clients send more (jmapc:
+        # anchorOffset, calculateTotal, position): those this type does not use are ignored.
         prop = data_type.prop(comparator["property"])
         if prop is None or not prop.sortable:
             raise MethodError("unsupportedSort", f"{data_type.name} cannot be sorted by {comparator['property']!r}")
@@ -740,6 +766,12 @@ def parse_sort(data_type: DataType, value: Any) -> list[tuple[str, bool, str]]:
             raise MethodError("unsupportedSort", f"unknown collation {collation!r}")
         out.append((prop.name, ascending, collation))
     return out
+
+
+def check_sort_size(value: list[Any]) -> None:
+    """unsupportedSort for more than MAX_SORT_COMPARATORS Comparators."""
+    if len(value) > MAX_SORT_COMPARATORS:
+        raise MethodError("unsupportedSort", f"at most {MAX_SORT_COMPARATORS} Comparators in a sort")
 
 
 def sort_objects(objects: list[dict[str, Any]], sort: list[tuple[str, bool, str]]) -> list[dict[str, Any]]:

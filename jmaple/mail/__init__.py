@@ -155,7 +155,7 @@ PLUGIN = Plugin(
             data_types=(mailbox.MAILBOX, thread.THREAD, email.EMAIL),
             methods={
                 "Mailbox/get": Method(mailbox.mailbox_get),
-                "Mailbox/set": Method(mailbox.mailbox_set, writes=True),
+                "Mailbox/set": Method(mailbox.mailbox_set, writes=True, checks_write_access=True),
                 "Mailbox/query": Method(mailbox.mailbox_query),
                 "Mailbox/queryChanges": Method(mailbox.mailbox_query_changes),
                 "Thread/get": Method(thread.thread_get),
@@ -173,7 +173,7 @@ PLUGIN = Plugin(
     migrations="jmaple.mail.migrations",
     parse_config=MailConfig.from_toml,
     on_account_created=mailbox.create_defaults,
-    services=(mailbox.provisioning_service,),
+    after_migrate=mailbox.provision_accounts,
     checks=(mailbox.check,),
     commands=(importer.command,),
     dev_seed=devdata.seed,

@@ -34,7 +34,7 @@ SPECIAL_USE = {
 # Maildir info flags (the "2," part of a file name) -> keywords; T (trashed) is handled apart.
 FLAG_KEYWORDS = {"S": "$seen", "R": "$answered", "F": "$flagged", "D": "$draft", "P": "$forwarded"}
 # RFC 8621 §4.1.1: a keyword is 1-255 of %x21-%x7E except ( ) { ] % * " \
-_KEYWORD = re.compile(r"^[!#$&'+-\[^-z|}~]{1,255}$")
+_KEYWORD = re.compile(r"[!#$&'+-\[^-z|}~]{1,255}")
 _MBOX_FROM = re.compile(rb"^From (?:\S*)\s+(.*)$")
 _ESCAPED_FROM = re.compile(rb"^>(>*From )", re.MULTILINE)
 _SKIPPED_NAMES = {"dovecot-keywords", "dovecot-uidlist", "dovecot-uidvalidity", "dovecot.index", "maildirfolder",
@@ -42,7 +42,8 @@ _SKIPPED_NAMES = {"dovecot-keywords", "dovecot-uidlist", "dovecot-uidvalidity", 
 
 
 def is_keyword(word: str) -> bool:
-    return bool(_KEYWORD.match(word))
+    # fullmatch: "$" would also match before a trailing newline.
+    return _KEYWORD.fullmatch(word) is not None
 
 
 # --- sources --------------------------------------------------------------------------------------

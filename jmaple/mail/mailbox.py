@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import logging
 import unicodedata
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -124,10 +123,12 @@ class MailboxStore:
 
     async def update(self, tx: Transaction, account_id: str, objects: list[dict[str, Any]]) -> None:
         rows = [(o["id"], o["name"], o["parentId"], o["role"], o["sortOrder"]) for o in objects]
-        if self.batch is not None:
+        is_read_only = self.access is not None and not self.access.may_write
+        # A read-only grantee's update changes only isSubscribed (_check_read_only): the rows stay as they are.
+        if self.batch is not None and not is_read_only:
             self.batch.buffer(rows)
             self.batch.written(objects)
-        else:
+        elif not is_read_only:
             await storage.update_mailboxes(tx, account_id, rows)
         if self.user_id is not None:
             for subscribed in (True, False):
@@ -332,6 +333,9 @@ class _SetBatch:
 
     async def validate(self, ctx: MethodContext, new: dict[str, Any], old: dict[str, Any] | None) -> None:
         """The DataType hook: every rule of §2, with names and roles unique in the call's final state."""
+        if self.access is None or not self.access.may_write:
+            _check_read_only(new, old)
+            return
         nodes = await self._load()
         if old is not None and self.final is None:
             await self._plan(ctx, nodes)
@@ -386,6 +390,16 @@ class _SetBatch:
         self.pending = set(applied)
 
 
+def _check_read_only(new: dict[str, Any], old: dict[str, Any] | None) -> None:
+    """A read-only grantee may change only isSubscribed, which is theirs (§2); anything else is forbidden."""
+    if old is None:
+        raise SetFailure("forbidden", "this account is shared with you read-only: you may not create mailboxes")
+    changed = sorted(name for name in _SHARED_PROPERTIES if new[name] != old[name])
+    if changed:
+        raise SetFailure("forbidden", f"this account is shared with you read-only: you may change isSubscribed, "
+                                      f"not {', '.join(changed)}")
+
+
 def _patched(ctx: MethodContext, old: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any] | None:
     """A mailbox after an update's patch, checked as Foo/set checks it (RFC 8620 §5.3); None when that
     update will be refused anyway (then it changes nothing)."""
@@ -422,6 +436,10 @@ def _name_contains(obj: dict[str, Any], value: str) -> bool:
 
 
 
+
+# What a mailbox is to every user of its account, as opposed to isSubscribed (per user) and the
+# server-set counts and myRights.
+_SHARED_PROPERTIES = ("name", "parentId", "role", "sortOrder")
 
 MAILBOX = DataType(
     name="Mailbox",
@@ -653,7 +671,10 @@ PROVISION_BATCH = 100   # accounts per write transaction
 
 async def provision_accounts(runtime: Runtime) -> int:
     """Provision every account that is not yet (created before the capability was installed, or while it
-    was disabled); returns how many were. Each batch is one write transaction."""
+    was disabled); returns how many were. Each batch is one write transaction.
+
+    The plugin's after_migrate hook: it runs whenever a process opens the store, so it costs one indexed
+    read when every account is provisioned, and takes no write lock then."""
     async with runtime.db.read() as conn:
         pending = await storage.unprovisioned_accounts(conn)
     for start in range(0, len(pending), PROVISION_BATCH):
@@ -663,13 +684,6 @@ async def provision_accounts(runtime: Runtime) -> int:
     if pending:
         log.info("gave %d account%s the default mailboxes", len(pending), "" if len(pending) == 1 else "s")
     return len(pending)
-
-
-@contextlib.asynccontextmanager
-async def provisioning_service(runtime: Runtime) -> AsyncIterator[None]:
-    """A plugin service: when the daemon starts, before it serves, every unprovisioned account is provisioned."""
-    await provision_accounts(runtime)
-    yield
 
 
 async def check(runtime: Runtime) -> list[str]:

@@ -11,20 +11,21 @@ from typing import Any
 
 from jmaple.core.context import MethodContext
 from jmaple.core.errors import MethodError, invalid_arguments
-from jmaple.core.methods import Args, is_id, query_changes_response, query_changes_since, window
+from jmaple.core.methods import (
+    Args, check_filter_size, check_sort_size, is_id, query_changes_response, query_changes_since, window,
+)
 from jmaple.mail import storage
 from jmaple.store import changes
 
 _SUPPORTED_FILTERS = frozenset({"inMailbox"})
 # What Email/query can sort by; the account's emailQuerySortOptions (RFC 8621 §1.3.1) lists exactly these.
 SORT_PROPERTIES = ("receivedAt",)
-_MAX_FILTER_DEPTH = 32
 
 
-def _mailboxes(ctx: MethodContext, value: Any, depth: int = 0) -> set[str | None]:
-    """The inMailbox ids an AND of conditions names (None: no inMailbox); raises for anything else."""
-    if depth > _MAX_FILTER_DEPTH:
-        raise invalid_arguments("filter is nested too deeply")
+def _mailboxes(ctx: MethodContext, value: Any) -> set[str | None]:
+    """The inMailbox ids an AND of conditions names (None: no inMailbox); raises for anything else.
+
+    The caller has checked the filter's size and depth (check_filter_size)."""
     if not isinstance(value, dict):
         raise invalid_arguments("filter must be an object")
     if "operator" in value:
@@ -35,7 +36,7 @@ def _mailboxes(ctx: MethodContext, value: Any, depth: int = 0) -> set[str | None
             raise MethodError("unsupportedFilter", f"the {value['operator']} operator is not supported yet")
         found: set[str | None] = set()
         for condition in value["conditions"]:
-            found |= _mailboxes(ctx, condition, depth + 1)
+            found |= _mailboxes(ctx, condition)
         return found
     unknown = sorted(set(value) - _SUPPORTED_FILTERS)
     if unknown:
@@ -55,6 +56,7 @@ def _ascending(value: Any) -> bool:
         raise invalid_arguments("sort must be a list of Comparators")
     if not value:
         return False
+    check_sort_size(value)
     if len(value) > 1:
         raise MethodError("unsupportedSort", "only one comparator (receivedAt) is supported yet")
     comparator = value[0]
@@ -83,6 +85,8 @@ class _EmailQuery:
     @classmethod
     def parse(cls, ctx: MethodContext, a: Args) -> _EmailQuery:
         filter_value = a.args.get("filter")
+        if filter_value is not None:
+            check_filter_size(filter_value)   # RFC 8620 §5.5: a filter too large to process is unsupportedFilter
         boxes = _mailboxes(ctx, filter_value) if filter_value is not None else {None}
         return cls(tuple(sorted(b for b in boxes if b is not None)), _ascending(a.args.get("sort")),
                    a.boolean("collapseThreads"), a.boolean("calculateTotal"))

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import orjson
 
@@ -60,31 +58,6 @@ def _types_json(types: Sequence[str] | None) -> str | None:
     return None if types is None else orjson.dumps(list(types)).decode()
 
 
-def _first(rows: list[tuple[Any, ...]]) -> Any:
-    return rows[0][0]
-
-
-@contextlib.asynccontextmanager
-async def _scrubbed(tx: Transaction) -> AsyncIterator[None]:
-    """Run the statements inside with PRAGMA secure_delete on, then put the writer's setting back.
-
-    RFC 8620 §7.2 wants a destroyed subscription's URL and keys gone from storage. Without secure_delete
-    (SQLite's default unless built with SQLITE_SECURE_DELETE) a row that is updated or deleted leaves its
-    old bytes in the page's free space or on a free page, where they stay until reused; overwriting the
-    values before the DELETE does not help, since that update frees the old cell in the same way. So every
-    write to push_subscriptions runs with it on. The pragma is per connection and not transactional; it
-    rides along with the block's first statement, and costs one more statement to restore.
-    """
-    before = tx.later("PRAGMA secure_delete", (), _first)
-    tx.later("PRAGMA secure_delete = 1")
-    try:
-        yield
-    finally:
-        previous = await before
-        if previous != 1:
-            await tx.execute(f"PRAGMA secure_delete = {int(previous)}")   # a pragma takes no parameters
-
-
 # --- the methods' side ---------------------------------------------------------------------------------
 
 
@@ -114,12 +87,11 @@ async def creations_since(conn: Conn, user_id: str, since: float) -> int:
 
 async def insert(tx: Transaction, sub: Subscription) -> None:
     """Store a new subscription and count it against the user's creation rate."""
-    async with _scrubbed(tx):   # an insert may split pages, freeing copies of other subscriptions' rows
-        await tx.execute(
-            "INSERT INTO push_subscriptions (id, user_id, credential_id, device_client_id, url, p256dh, auth,"
-            " verification_code, expires, types, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (sub.id, sub.user_id, sub.credential_id, sub.device_client_id, sub.url, sub.p256dh, sub.auth,
-             sub.verification_code, sub.expires, _types_json(sub.types), sub.created_at))
+    await tx.execute(
+        "INSERT INTO push_subscriptions (id, user_id, credential_id, device_client_id, url, p256dh, auth,"
+        " verification_code, expires, types, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (sub.id, sub.user_id, sub.credential_id, sub.device_client_id, sub.url, sub.p256dh, sub.auth,
+         sub.verification_code, sub.expires, _types_json(sub.types), sub.created_at))
     await tx.execute("INSERT INTO push_creations (user_id, created_at) VALUES (?, ?)", (sub.user_id, tx.now))
 
 
@@ -127,9 +99,8 @@ async def update(tx: Transaction, sub_id: str, *, expires: int, types: Sequence[
                  is_verified: bool) -> None:
     """Change what a client may change; pending states of types no longer wanted are dropped."""
     types_json = _types_json(types)
-    async with _scrubbed(tx):
-        await tx.execute("UPDATE push_subscriptions SET expires = ?, types = ?, is_verified = ? WHERE id = ?",
-                         (expires, types_json, int(is_verified), sub_id))
+    await tx.execute("UPDATE push_subscriptions SET expires = ?, types = ?, is_verified = ? WHERE id = ?",
+                     (expires, types_json, int(is_verified), sub_id))
     if types_json is not None:
         await tx.execute("DELETE FROM push_pending WHERE subscription_id = ?"
                          " AND type NOT IN (SELECT value FROM json_each(?))", (sub_id, types_json))
@@ -138,21 +109,22 @@ async def update(tx: Transaction, sub_id: str, *, expires: int, types: Sequence[
 async def delete(tx: Transaction, ids: Sequence[str]) -> int:
     """Destroy subscriptions and their pending deliveries; returns how many there were.
 
-    The rows are zeroed in the database file as they are deleted (see _scrubbed); copies stay in the WAL
-    until it is checkpointed and truncated (truncate_wal), which the caller arranges after the commit.
+    The rows are zeroed in the database file as they are deleted (the writer runs with PRAGMA secure_delete,
+    see Database); copies stay in the WAL until it is checkpointed and truncated (truncate_wal), which the
+    caller arranges after the commit.
     """
     if not ids:
         return 0
     marks = ",".join("?" * len(ids))
-    async with _scrubbed(tx):
-        return await tx.execute(f"DELETE FROM push_subscriptions WHERE id IN ({marks})", list(ids))
+    return await tx.execute(f"DELETE FROM push_subscriptions WHERE id IN ({marks})", list(ids))
 
 
 async def destroy_for_credential(tx: Transaction, user_id: str, credential_id: str | None) -> int:
     """Destroy every subscription one credential created (None: the user's password); returns the count.
 
     Call it when a token or app password is revoked, before deleting it (its foreign key would delete
-    them too, but without zeroing them), and when the user's password changes (RFC 8620 §7.2).
+    them too, but silently, and the caller must know to truncate the WAL), and when the user's password
+    changes (RFC 8620 §7.2).
     """
     rows = await tx.all("SELECT id FROM push_subscriptions WHERE user_id = ? AND credential_id IS ?",
                         (user_id, credential_id))
@@ -285,21 +257,19 @@ async def delivered(tx: Transaction, sub_id: str, now: float, status: str, *, ve
                     sent: Iterable[tuple[str, str, str]]) -> None:
     """Record a successful attempt: what it carried is no longer pending, and the failure count resets."""
     await forget_pending(tx, sub_id, sent)
-    async with _scrubbed(tx):
-        await tx.execute(
-            "UPDATE push_subscriptions SET last_attempt_at = ?, last_status = ?, failures = 0,"
-            " failing_since = NULL, next_attempt_at = NULL, verification_sent = verification_sent OR ?"
-            " WHERE id = ?", (now, status, int(verification), sub_id))
+    await tx.execute(
+        "UPDATE push_subscriptions SET last_attempt_at = ?, last_status = ?, failures = 0,"
+        " failing_since = NULL, next_attempt_at = NULL, verification_sent = verification_sent OR ?"
+        " WHERE id = ?", (now, status, int(verification), sub_id))
 
 
 async def failed(tx: Transaction, sub_id: str, now: float, status: str, *, failures: int, failing_since: float,
                  next_attempt_at: float) -> None:
     """Record a failed attempt and when to try again."""
-    async with _scrubbed(tx):
-        await tx.execute(
-            "UPDATE push_subscriptions SET last_attempt_at = ?, last_status = ?, failures = ?,"
-            " failing_since = ?, next_attempt_at = ? WHERE id = ?",
-            (now, status, failures, failing_since, next_attempt_at, sub_id))
+    await tx.execute(
+        "UPDATE push_subscriptions SET last_attempt_at = ?, last_status = ?, failures = ?,"
+        " failing_since = ?, next_attempt_at = ? WHERE id = ?",
+        (now, status, failures, failing_since, next_attempt_at, sub_id))
 
 
 # --- the command line ----------------------------------------------------------------------------------
