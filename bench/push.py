@@ -68,14 +68,11 @@ def run_jmaple(data_dir: str, port: int, access_log: bool, push: dict[str, Any] 
                backlog: int | None, gc_threshold: tuple[int, ...] | None, ready: Any) -> None:
     pin(0)
     limit = raise_nofile()
-    if gc_threshold:
-        import gc
-        gc.set_threshold(*gc_threshold)
     from aiohttp import web
 
     import notes
     from jmaple.app import make_app
-    from jmaple.cli import make_runner, setup_logging
+    from jmaple.cli import LISTEN_BACKLOG, make_runner, setup_logging, tune_gc
 
     config = server_config(data_dir, port, access_log, push)
     setup_logging(config)
@@ -85,9 +82,13 @@ def run_jmaple(data_dir: str, port: int, access_log: bool, push: dict[str, Any] 
         asyncio.get_running_loop().call_later(400, os._exit, 3)   # never outlive the benchmark
         runner = make_runner(app, config)
         await runner.setup()
-        # The TCPSite `jmapled serve` uses (aiohttp's default backlog, 128), unless --backlog says otherwise.
-        extra = {} if backlog is None else {"backlog": backlog}
-        await web.TCPSite(runner, "127.0.0.1", port, **extra).start()
+        # The TCPSite and garbage-collector tuning of `jmapled serve`, unless --backlog / --gc-threshold
+        # say otherwise.
+        await web.TCPSite(runner, "127.0.0.1", port, backlog=backlog or LISTEN_BACKLOG).start()
+        tune_gc()
+        if gc_threshold:
+            import gc
+            gc.set_threshold(*gc_threshold)
         ready.send(limit)
         await asyncio.Event().wait()
 
@@ -295,8 +296,9 @@ def phase_sse(args: argparse.Namespace, tmp: str) -> None:
     auth = f"Bearer {token}"
     server = Server(data_dir, access_log=False, backlog=args.backlog, gc_threshold=args.gc_threshold)
     gens = Generators(args.generators, server.port, auth)
-    print(f"listen backlog: {args.backlog or 'aiohttp default (128), as jmapled serve'}; garbage collector "
-          f"thresholds: {args.gc_threshold or 'Python default, as jmapled serve'}", flush=True)
+    print(f"listen backlog: {args.backlog or 'as jmapled serve (4096, capped by somaxconn)'}; garbage "
+          f"collector: {args.gc_threshold or 'as jmapled serve (frozen after start, thresholds 50000,20,10)'}",
+          flush=True)
     print(f"RLIMIT_NOFILE: server {server.nofile}, load generators {gens.nofile[0]} each "
           f"({args.generators} generators)", flush=True)
     mutator = Mutator(server.port, auth, account_id)
@@ -474,7 +476,7 @@ def main() -> None:
     parser.add_argument("--webhooks", type=int, default=1000)
     parser.add_argument("--webhook-rounds", type=int, default=5)
     parser.add_argument("--backlog", type=int, default=None,
-                        help="listen backlog of the SSE server (default: aiohttp's, as jmapled serve)")
+                        help="listen backlog of the SSE server (default: as jmapled serve)")
     parser.add_argument("--gc-threshold", type=lambda v: tuple(int(x) for x in v.split(",")), default=None,
                         help="gc.set_threshold() of the SSE server, e.g. 50000,20,10 (default: Python's, as "
                              "jmapled serve)")
