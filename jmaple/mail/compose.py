@@ -44,6 +44,19 @@ def id_set(ctx: MethodContext, value: Any, name: str) -> list[str]:
     return out
 
 
+def placement(ctx: MethodContext, spec: dict[str, Any], keywords: Any = ()) -> tuple[list[str], list[str]]:
+    """The mailboxIds (at least one, RFC 8621 §4.1.1) and keywords of a new Email (`keywords` when the
+    spec has none); SetFailure invalidProperties naming the bad one."""
+    try:
+        boxes = id_set(ctx, spec.get("mailboxIds"), "mailboxIds")
+        if not boxes:
+            raise ValueError("mailboxIds")
+        words = keyword_set(spec["keywords"]) if "keywords" in spec else list(keywords)
+    except ValueError as exc:
+        raise invalid(f"{exc} is not valid", str(exc)) from None
+    return boxes, words
+
+
 def keyword_set(value: Any) -> list[str]:
     """A keywords map (§4.1.1) whose values are all true, lower-cased; raises ValueError("keywords")."""
     if not isinstance(value, dict):
@@ -332,13 +345,7 @@ async def compose(ctx: MethodContext, spec: Any) -> ImportItem:
             raise invalid("headers cannot be set: give each header field as header:{name}", prop)
         if prop not in _SETTABLE and not prop.startswith("header:"):
             raise invalid(f"unknown property {prop!r}", prop)
-    try:
-        boxes = id_set(ctx, spec.get("mailboxIds"), "mailboxIds")
-        if not boxes:
-            raise ValueError("mailboxIds")
-        words = keyword_set(spec.get("keywords", {}))
-    except ValueError as exc:
-        raise invalid(f"{exc} is not valid", str(exc)) from None
+    boxes, words = placement(ctx, spec)
     received = None
     if spec.get("receivedAt") is not None:
         received = parse_utc_date(spec["receivedAt"])

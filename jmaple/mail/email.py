@@ -19,7 +19,7 @@ from jmaple.core.errors import MethodError, SetError, SetFailure, invalid_argume
 from jmaple.core.methods import Args, check_count, implicit_destroy, is_id
 from jmaple.mail import mailbox as mailbox_module
 from jmaple.mail import mime, storage
-from jmaple.mail.compose import compose, id_set, invalid, keyword_set, parse_utc_date
+from jmaple.mail.compose import compose, id_set, invalid, keyword_set, parse_utc_date, placement
 from jmaple.mail.headers import convenience_properties, header_property, headers_json, parse_header_property
 from jmaple.mail.ingest import (
     MAX_KEYWORDS, ImportItem, import_messages, keyword, part_contents, read_parsed, without_nul,
@@ -70,12 +70,9 @@ async def email_import(ctx: MethodContext, args: dict[str, Any]) -> dict[str, An
             not_created[cid] = SetError("invalidProperties", "no such blob", ("blobId",)).to_json()
             continue
         try:
-            boxes = id_set(ctx, spec.get("mailboxIds"), "mailboxIds")
-            if not boxes:
-                raise ValueError("mailboxIds")
-            words = keyword_set(spec.get("keywords", {}))
-        except ValueError as exc:
-            not_created[cid] = SetError("invalidProperties", f"{exc} is not valid", (str(exc),)).to_json()
+            boxes, words = placement(ctx, spec)
+        except SetFailure as exc:
+            not_created[cid] = exc.error.to_json()
             continue
         received = None
         if "receivedAt" in spec:
@@ -595,13 +592,7 @@ async def email_copy(ctx: MethodContext, args: dict[str, Any]) -> dict[str, Any]
             source = sources.get(spec["id"])
             if source is None or source.blob_id not in raws:
                 raise SetFailure("notFound", f"no Email {spec['id']} in fromAccountId")
-            try:
-                boxes = id_set(ctx, spec.get("mailboxIds"), "mailboxIds")
-                if not boxes:
-                    raise ValueError("mailboxIds")
-                words = keyword_set(spec["keywords"]) if "keywords" in spec else list(source.keywords)
-            except ValueError as exc:
-                raise invalid(f"{exc} is not valid", str(exc)) from None
+            boxes, words = placement(ctx, spec, source.keywords)
             received: float = source.received_at
             if "receivedAt" in spec:
                 parsed_date = parse_utc_date(spec["receivedAt"])
