@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import sqlite3
 
 import pytest
@@ -114,3 +116,41 @@ async def test_a_queued_read_runs_with_the_next_statement_and_keeps_its_own_resu
             assert await total == 3   # read before the insert that followed it
             with pytest.raises(sqlite3.OperationalError):
                 await broken
+
+
+async def test_a_queued_read_failing_in_python_keeps_its_error_to_itself(tmp_path):
+    """A queued statement whose parameters sqlite3 refuses (an int over 64 bits) fails only itself."""
+    async with Database.open(tmp_path / "db.sqlite3", StorageConfig()) as db:
+        async with db.read() as conn:
+            huge = conn.later("SELECT ?", (2**70,))
+            assert await conn.all("SELECT 1") == [(1,)]
+            assert await conn.all("SELECT 2") == [(2,)]
+            with pytest.raises(OverflowError):
+                await huge
+
+
+SLOW_FAILING_READ = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 300000)"
+                     " SELECT json('not json') FROM (SELECT count(*) FROM c)")
+
+
+async def test_a_read_failing_after_its_caller_was_cancelled_logs_nothing(tmp_path, caplog):
+    """The caller went away (a client disconnected); the read it left behind fails on its thread: that
+    must not end up as asyncio's "Task exception was never retrieved"."""
+    async with Database.open(tmp_path / "db.sqlite3", StorageConfig(readers=1)) as db:
+
+        async def read() -> None:
+            async with db.read() as conn:
+                await conn.all(SLOW_FAILING_READ)
+
+        with caplog.at_level(logging.ERROR, logger="asyncio"):
+            for _ in range(2):
+                task = asyncio.ensure_future(read())
+                await asyncio.sleep(0.02)
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                async with db.read() as conn:   # waits for the reader's thread to be done
+                    assert await conn.value("SELECT 1") == 1
+            del task
+            gc.collect()
+            await asyncio.sleep(0)
+        assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]

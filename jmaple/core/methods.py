@@ -216,6 +216,13 @@ async def standard_changes(ctx: MethodContext, args: dict[str, Any], data_type: 
                                   counters=data_type.counter_properties)
 
 
+async def pruned_horizon(ctx: MethodContext, type_name: str, before: int) -> int:
+    """The tombstone horizon again, after the change log was read: a prune committed between the first
+    read of the horizon and the log read may have removed tombstones the log read then missed."""
+    _, horizon = await changes.state_and_horizon_later(ctx.conn, ctx.account_id, type_name)
+    return max(before, horizon)
+
+
 async def changes_response(ctx: MethodContext, type_name: str, since_state: str, max_changes: int | None,
                            counters: Sequence[str] = ()) -> dict[str, Any]:
     """The /changes response for any type kept in the change log.
@@ -232,6 +239,8 @@ async def changes_response(ctx: MethodContext, type_name: str, since_state: str,
     state = changes.state_and_horizon_later(ctx.conn, ctx.account_id, type_name)
     rows = await changes.since(ctx.conn, ctx.account_id, type_name, since, max_changes + 1)
     current, horizon = await state
+    if since >= horizon:
+        horizon = await pruned_horizon(ctx, type_name, horizon)
     if since > current or since < horizon:
         raise MethodError("cannotCalculateChanges", "the state is too old or unknown; fetch everything again")
     has_more = len(rows) > max_changes
@@ -879,6 +888,8 @@ async def query_changes_since(ctx: MethodContext, type_name: str, since_state: s
     state = changes.state_and_horizon_later(ctx.conn, ctx.account_id, type_name)   # one hop with the log
     rows = await changes.since(ctx.conn, ctx.account_id, type_name, since, None)
     current, horizon = await state
+    if since >= horizon:
+        horizon = await pruned_horizon(ctx, type_name, horizon)
     if since > current or since < horizon:
         raise MethodError("cannotCalculateChanges", "the query state is too old or unknown; query again")
     return current, rows

@@ -44,15 +44,22 @@ def _rows(rows: list[tuple[Any, ...]]) -> Any:
     return rows
 
 
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 # A read runs on the event loop while it is quick: a hop to the connection's thread costs more than a
 # typical read (see DESIGN.md's cost model). SQLite calls a progress handler every PROGRESS_STEPS
 # virtual-machine steps of a statement, counted over its executions (~0.3 ms of work; a 50-row IN takes
 # ~1,200 steps). The handler interrupts a read that has run for INLINE_BUDGET since its first call and
 # then used INLINE_BUDGET more of CPU time (CPU time too, since a process descheduled meanwhile is not
-# running a slow read; the cheap wall clock first, as reading the CPU clock is a system call). The read
+# running a slow read; the cheap wall clock first, as reading the CPU clock is a system call), or that has
+# held the loop INLINE_WALL_CAP past its budget whatever its CPU time (a read waiting on the disk). The read
 # then runs again on the thread, and its SQL goes straight there for the next SLOW_SECONDS (SLOW_MEMORY
 # statements at most).
 INLINE_BUDGET = 0.001
+INLINE_WALL_CAP = 0.01
 PROGRESS_STEPS = 10_000
 SLOW_SECONDS = 60.0
 SLOW_MEMORY = 512
@@ -81,12 +88,14 @@ class _Reader:
         if self.wall_deadline is None:
             self.wall_deadline = time.perf_counter() + INLINE_BUDGET
             return False
+        now = time.perf_counter()
         if self.cpu_deadline is None:
-            if time.perf_counter() < self.wall_deadline:
+            if now < self.wall_deadline:
                 return False
             self.cpu_deadline = time.thread_time() + INLINE_BUDGET
             return False
-        return time.thread_time() > self.cpu_deadline
+        # A read waiting on the disk uses little CPU: the wall clock bounds how long it may hold the loop.
+        return time.thread_time() > self.cpu_deadline or now > self.wall_deadline + INLINE_WALL_CAP
 
     def _is_slow(self, sql: str | None) -> bool:
         until = self.slow.get(sql)   # type: ignore[arg-type]
@@ -112,7 +121,7 @@ class _Reader:
                     return _NOT_INLINE
                 try:
                     item.rows = raw.execute(item.sql, item.params).fetchall()
-                except sqlite3.Error as exc:   # reported to whoever awaits that statement
+                except Exception as exc:   # reported to whoever awaits that statement, as on the thread
                     if isinstance(exc, sqlite3.OperationalError) and self._give_up(item.sql, exc):
                         return _NOT_INLINE
                     item.error = exc
@@ -214,18 +223,25 @@ class Conn:
                 if reader is not None:
                     raw.execute("PRAGMA busy_timeout = 0")
 
+        failure: BaseException = asyncio.CancelledError()
         try:
             if reader is None:
                 return await self._c._execute(run)
             # A reader goes back to the pool only once its thread is done with it (even if the caller
             # is cancelled meanwhile): the next user may run reads inline on the same connection.
             task = reader.inflight = asyncio.ensure_future(self._c._execute(run))
+            # If the caller is cancelled, nobody awaits the task: retrieve its outcome, so that a failure
+            # after the cancellation is not logged as "exception was never retrieved".
+            task.add_done_callback(_retrieve)
             return await asyncio.shield(task)
+        except BaseException as exc:
+            failure = exc
+            raise
         finally:
             for item in queued:
                 item.done = True
-                if item.rows is None and item.error is None:   # cancelled before it ran
-                    item.error = asyncio.CancelledError()
+                if item.rows is None and item.error is None:   # the trip ended before it ran
+                    item.error = failure if isinstance(failure, Exception) else asyncio.CancelledError()
 
     async def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> int:
         """Run one statement; returns the number of rows changed."""
