@@ -10,7 +10,7 @@ import sqlite3
 import pytest
 
 from jmaple.config import StorageConfig
-from jmaple.store.db import Database
+from jmaple.store.db import Database, MigrationFailed
 
 
 async def test_a_cancelled_transaction_leaves_the_writer_usable(tmp_path):
@@ -154,3 +154,25 @@ async def test_a_read_failing_after_its_caller_was_cancelled_logs_nothing(tmp_pa
             gc.collect()
             await asyncio.sleep(0)
         assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
+async def test_a_failing_migration_leaves_nothing_behind_and_names_itself(tmp_path, monkeypatch):
+    """Each migration runs in its own transaction: a file that fails half-way leaves no table and no
+    record of itself, the ones before it stay applied, and a later start retries it."""
+    package = tmp_path / "broken_migrations"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "0001_first.sql").write_text("CREATE TABLE first (x INTEGER);\n")
+    (package / "0002_half.sql").write_text(
+        "CREATE TABLE half (x INTEGER);\nINSERT INTO half VALUES (1);\nINSERT INTO nowhere VALUES (1);\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    async with Database.open(tmp_path / "db.sqlite3", StorageConfig()) as db:
+        with pytest.raises(MigrationFailed, match="broken/0002_half.sql"):
+            await db.migrate([("broken", "broken_migrations")])
+        async with db.read() as conn:
+            tables = {r[0] for r in await conn.all("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            recorded = await conn.all("SELECT version FROM schema_migrations WHERE namespace = 'broken'")
+        assert "first" in tables and "half" not in tables
+        assert recorded == [(1,)]
+        (package / "0002_half.sql").write_text("CREATE TABLE half (x INTEGER);\n")   # fixed by a new release
+        assert await db.migrate([("broken", "broken_migrations")]) == ["broken/0002_half.sql"]
