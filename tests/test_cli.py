@@ -590,6 +590,16 @@ def test_dev_with_a_data_dir_keeps_data_and_credentials(tmp_path, daemons):
     eventually(lambda: "password:" in second.out_path.read_text(), 5, "dev prints its banner")
     assert f"password: {password}\n" in second.out_path.read_text()
     assert get(second.url + "/jmap/session", basic("demo@example.org", password))[0] == 200
+    # --trace prints every JMAP request and response.
+    body = json.dumps({"using": ["urn:ietf:params:jmap:core"],
+                       "methodCalls": [["Core/echo", {"traced": "yes-9731"}, "t0"]]}).encode()
+    call = urllib.request.Request(second.url + "/jmap/api", data=body, method="POST", headers={
+        "Authorization": basic("demo@example.org", password), "Content-Type": "application/json"})
+    with HTTP.open(call, timeout=5) as response:
+        assert json.loads(response.read())["methodResponses"] == [["Core/echo", {"traced": "yes-9731"}, "t0"]]
+    eventually(lambda: second.out_path.read_text().count("yes-9731") >= 2, 5, "the traced request and response")
+    out = second.out_path.read_text()
+    assert "--- request" in out and "--- response" in out
     assert second.stop() == 0
     assert (data / "jmaple.sqlite3").exists()
 
