@@ -265,6 +265,16 @@ async def test_a_method_on_an_account_without_its_capability_is_account_not_supp
     assert responses[3][0] == "Note/get"
 
 
+async def test_each_urn_of_a_plugin_must_be_in_using_for_its_own_methods(private):
+    """RFC 8620 §3.3: a method is known only when its capability is in `using`; one plugin bringing two
+    URNs does not make the methods of one available through the other."""
+    client, alice, bob = private
+    responses = await client.calls(("Diary/read", {"accountId": alice.account_id}),
+                                   ("Ink/write", {"accountId": alice.account_id}), using=[CORE, INK])
+    assert responses[0][0] == "error" and responses[0][1]["type"] == "unknownMethod"
+    assert responses[1] == ["Ink/write", {"accountId": alice.account_id}, "1"]
+
+
 # Account lifecycle hooks, migrations and services
 
 async def welcome(tx, account_id, runtime):
