@@ -15,12 +15,13 @@ Changed = dict[str, TypeStates]          # accountId -> {type: state}, the "chan
 Hook = Callable[[str, TypeStates], Any]   # may return an awaitable, run as its own task
 
 
-def _newer(a: str, b: str) -> str:
-    """The later of two state strings (ours are decimal modseqs)."""
+def newer_state(later: str, earlier: str) -> str:
+    """Of a state that arrived `later` and one that arrived `earlier`, the newer: ours are decimal modseqs,
+    compared as numbers (an older one can arrive late from another process); any other string, the later."""
     try:
-        return a if int(a) >= int(b) else b
+        return earlier if int(earlier) > int(later) else later
     except ValueError:
-        return b
+        return later
 
 
 Sink = Callable[[Changed], bool]
@@ -57,7 +58,7 @@ class Subscription:
         else:
             for type_name, state in type_states.items():
                 old = merged.get(type_name)
-                merged[type_name] = state if old is None else _newer(state, old)
+                merged[type_name] = state if old is None else newer_state(state, old)
         self._wake()
 
     def _wake(self) -> None:

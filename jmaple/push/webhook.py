@@ -35,6 +35,7 @@ from jmaple.config import PushConfig
 from jmaple.core import push_state
 from jmaple.core.context import Runtime
 from jmaple.push import webpush
+from jmaple.push.broker import newer_state
 from jmaple.push.webpush import VapidKey
 from jmaple.store import changes
 from jmaple.store import push as store
@@ -358,7 +359,7 @@ class WebhookDelivery:
         merged = self._incoming.setdefault(account_id, {})
         for type_name, state in type_states.items():
             old = merged.get(type_name)
-            merged[type_name] = state if old is None else _newer(state, old)
+            merged[type_name] = state if old is None else newer_state(state, old)
         self._wake.set()
 
     async def _intake(self) -> None:
@@ -402,7 +403,7 @@ class WebhookDelivery:
                 merged = self._incoming.setdefault(account_id, {})
                 for type_name, state in type_states.items():
                     old = merged.get(type_name)
-                    merged[type_name] = state if old is None else _newer(old, state)
+                    merged[type_name] = state if old is None else newer_state(old, state)
             raise
         if expired:
             self.erase_soon()
@@ -684,14 +685,6 @@ class WebhookDelivery:
             return "timeout", None, None
         except aiohttp.ClientError as exc:
             return f"error: {type(exc).__name__}: {exc}", None, None
-
-
-def _newer(a: str, b: str) -> str:
-    """The later of two state strings (ours are decimal modseqs; otherwise the first, the newer one, wins)."""
-    try:
-        return a if int(a) >= int(b) else b
-    except ValueError:
-        return a
 
 
 WEBHOOKS = web.AppKey("jmaple.webhooks", WebhookDelivery)
