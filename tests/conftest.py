@@ -92,13 +92,23 @@ async def add_user(client: JmapClient, login: str, password: str = PASSWORD) -> 
     return await create_user(client.app[RUNTIME], login, login.split("@")[0].title(), password)
 
 
+async def log_in_alice(client: JmapClient) -> JmapClient:
+    """Add alice@example.org and log the client in as her; her personal account is client.account_id."""
+    user = await add_user(client, "alice@example.org")
+    client.auth = basic("alice@example.org")
+    client.account_id = user.account_id
+    return client
+
+
+async def logged_in(aiohttp_client: Any, config: Config) -> JmapClient:
+    """The app (with the test capability) on this configuration, logged in as alice."""
+    return await log_in_alice(await aiohttp_client(make_app(config, capabilities=[NOTES_PLUGIN])))
+
+
 @pytest.fixture
 async def client(app_client) -> JmapClient:
     """Logged in as alice@example.org, whose personal account is client.account_id."""
-    user = await add_user(app_client, "alice@example.org")
-    app_client.auth = basic("alice@example.org")
-    app_client.account_id = user.account_id
-    return app_client
+    return await log_in_alice(app_client)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import sqlite3
 
 import pytest
 
-from conftest import CORE, add_user, basic, share
+from conftest import CORE, add_user, basic, logged_in, share
 from jmaple.app import DATABASE_FILE, make_app
 from jmaple.config import Config
 from jmaple.keys import LIMITER, RUNTIME
@@ -46,11 +46,7 @@ async def add_ref(client, account_id: str, owner: str, blob_id: str) -> None:
 
 async def make_client(aiohttp_client, tmp_path, **raw):
     config = Config.for_tests(data_dir=tmp_path / "own", **raw)
-    client = await aiohttp_client(make_app(config, capabilities=[NOTES_PLUGIN]))
-    user = await add_user(client, "alice@example.org")
-    client.auth = basic("alice@example.org")
-    client.account_id = user.account_id
-    return client
+    return await logged_in(aiohttp_client, config)
 
 
 # --- upload ----------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from conftest import PASSWORD, basic, share
+from conftest import PASSWORD, basic, logged_in, share
 from jmaple.app import make_app
 from jmaple.cli import make_runner
 from jmaple.config import Config
@@ -106,13 +106,8 @@ async def test_closeafter_state_ends_the_stream_after_one_event(client):
 
 @pytest.fixture
 async def fast_ping_client(aiohttp_client, tmp_path):
-    from conftest import add_user
     config = Config.for_tests(data_dir=tmp_path / "d", push={"ping_min": 1, "ping_max": 300})
-    c = await aiohttp_client(make_app(config, capabilities=[NOTES_PLUGIN]))
-    user = await add_user(c, "alice@example.org")
-    c.auth = basic("alice@example.org")
-    c.account_id = user.account_id
-    return c
+    return await logged_in(aiohttp_client, config)
 
 
 async def test_ping_reports_the_interval_used_and_sets_no_id(fast_ping_client):

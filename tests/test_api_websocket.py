@@ -15,7 +15,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from conftest import CORE, NOTES, PASSWORD, basic
+from conftest import CORE, NOTES, PASSWORD, basic, logged_in
 from jmaple.app import make_app
 from jmaple.cli import make_runner
 from jmaple.config import Config
@@ -24,6 +24,7 @@ from jmaple.store import accounts
 from jmaple.api.websocket import MESSAGE_CAP
 from jmaple.users import create_credential, create_user
 from notes import PLUGIN as NOTES_PLUGIN
+from test_core_dispatcher import nested
 from test_api_eventsource import HOSTILE_IDS, measure_grant_latencies, short
 
 USING = [CORE, NOTES]
@@ -88,13 +89,6 @@ async def test_request_and_response_carry_the_request_id(client):
     await ws.close()
 
 
-def nested(depth: int) -> Any:
-    value: Any = "leaf"
-    for _ in range(depth - 1):
-        value = [value]
-    return value
-
-
 async def test_deeply_nested_arguments_fail_that_call_alone_as_over_http(client):
     """The message's bracket count bounds its nesting; past 128 levels a call is invalidArguments."""
     ws = await connect(client)
@@ -154,14 +148,9 @@ async def test_a_binary_frame_is_a_request_error(client):
 
 @pytest.fixture
 async def small_client(aiohttp_client, tmp_path):
-    from conftest import add_user
     config = Config.for_tests(data_dir=tmp_path / "d", limits={"max_size_request": 10_000,
                                                                "max_concurrent_requests": 1})
-    c = await aiohttp_client(make_app(config, capabilities=[NOTES_PLUGIN]))
-    user = await add_user(c, "alice@example.org")
-    c.auth = basic("alice@example.org")
-    c.account_id = user.account_id
-    return c
+    return await logged_in(aiohttp_client, config)
 
 
 async def test_a_message_over_max_size_request_is_a_limit_error(small_client):
@@ -430,13 +419,8 @@ async def test_sockets_of_clients_that_vanished_are_released(served):
 
 @pytest.fixture
 async def heartbeat_client(aiohttp_client, tmp_path):
-    from conftest import add_user
     config = Config.for_tests(data_dir=tmp_path / "d", push={"websocket_heartbeat": 1})
-    c = await aiohttp_client(make_app(config, capabilities=[NOTES_PLUGIN]))
-    user = await add_user(c, "alice@example.org")
-    c.auth = basic("alice@example.org")
-    c.account_id = user.account_id
-    return c
+    return await logged_in(aiohttp_client, config)
 
 
 async def test_the_server_pings_idle_sockets_and_drops_a_peer_that_stops_answering(heartbeat_client):

@@ -11,14 +11,13 @@ import time
 
 import pytest
 
-from conftest import NOTES, PASSWORD, USING, add_user, basic, share
-from jmaple.app import DATABASE_FILE, make_app
+from conftest import NOTES, PASSWORD, USING, add_user, basic, logged_in, share
+from jmaple.app import DATABASE_FILE
 from jmaple.auth import Authenticator, hash_password, verify_password
 from jmaple.config import Config
 from jmaple.keys import AUTHENTICATOR, RUNTIME
 from jmaple.store import accounts
 from jmaple.users import create_credential, delete_user, set_password
-from notes import PLUGIN as NOTES_PLUGIN
 
 WWW_AUTHENTICATE = 'Basic realm="jmaple", Bearer'
 # With [auth] failure_delay_max = 0.3: an answer that was not slowed down, and one that was held the maximum.
@@ -29,11 +28,7 @@ SLOW = 0.28
 async def make_client(aiohttp_client, tmp_path, **raw):
     """An app of its own with Config.for_tests(**raw), logged in as alice@example.org."""
     config = Config.for_tests(data_dir=tmp_path / "own", **raw)
-    client = await aiohttp_client(make_app(config, capabilities=[NOTES_PLUGIN]))
-    user = await add_user(client, "alice@example.org")
-    client.auth = basic("alice@example.org")
-    client.account_id = user.account_id
-    return client
+    return await logged_in(aiohttp_client, config)
 
 
 async def session_as(client, auth: str | None, **headers: str):

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from conftest import CORE, USING, add_user, basic, share
+from conftest import CORE, USING, add_user, basic, logged_in, share
 from jmaple.app import DATABASE_FILE, make_app
 from jmaple.config import Config
 from jmaple.core.capability import Capability, Method, Plugin
@@ -140,11 +140,7 @@ async def small(aiohttp_client, tmp_path):
     config = Config.for_tests(tmp_path / "small", limits={
         "max_calls_in_request": 3, "max_size_request": 10_000, "max_objects_in_get": 3,
         "max_objects_in_set": 3, "max_query_limit": 4})
-    client = await aiohttp_client(make_app(config, capabilities=[NOTES_PLUGIN]))
-    user = await add_user(client, "alice@example.org")
-    client.auth = basic("alice@example.org")
-    client.account_id = user.account_id
-    return client
+    return await logged_in(aiohttp_client, config)
 
 
 async def test_more_calls_than_max_calls_in_request_is_a_limit_error(small):

@@ -9,10 +9,8 @@ from typing import Any
 import jmapc
 import pytest
 
-from conftest import add_user, basic
-from jmaple.app import make_app
+from conftest import logged_in
 from jmaple.config import Config
-from notes import PLUGIN as NOTES_PLUGIN
 from test_core_methods import bob_note, create_notes, state_of  # noqa: F401  (bob_note is a fixture)
 
 
@@ -180,11 +178,7 @@ async def test_query_negative_limit_is_invalid_arguments(client):
 @pytest.fixture
 async def small(aiohttp_client, tmp_path):
     config = Config.for_tests(tmp_path / "small", limits={"max_query_limit": 4})
-    client = await aiohttp_client(make_app(config, capabilities=[NOTES_PLUGIN]))
-    user = await add_user(client, "alice@example.org")
-    client.auth = basic("alice@example.org")
-    client.account_id = user.account_id
-    return client
+    return await logged_in(aiohttp_client, config)
 
 
 async def test_query_limit_is_clamped_to_the_configured_maximum_and_echoed(small):
