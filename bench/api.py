@@ -47,26 +47,19 @@ def pin(cpu: int) -> None:
 
 
 def run_jmaple(data_dir: str, port: int, ready: multiprocessing.Event) -> None:
+    """The server exactly as `jmapled serve` runs it (logging, access log, GC tuning), with the notes plugin."""
     pin(0)
-    from aiohttp import web
-
     import notes
-    from jmaple.app import make_app
-    from jmaple.cli import make_runner, setup_logging
+    from jmaple.cli import run_server, setup_logging
     from jmaple.config import Config
 
     config = Config.from_dict({"server": {"data_dir": data_dir, "listen": f"127.0.0.1:{port}"}, **EXTRA})
-    setup_logging(config)   # exactly as `jmapled serve` logs, access log included
-    app = make_app(config, capabilities=[notes.PLUGIN])
+    setup_logging(config)
 
-    async def main() -> None:
-        runner = make_runner(app, config)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
+    async def started(app: object, urls: list[str]) -> None:
         ready.set()
-        await asyncio.Event().wait()
 
-    asyncio.run(main())
+    asyncio.run(run_server(config, [notes.PLUGIN], started))
 
 
 def run_bare(port: int, bodies: dict[str, bytes], ready: multiprocessing.Event) -> None:

@@ -1,6 +1,7 @@
 """A small third-party capability used only by the tests: Note, Notebook and NoteSettings.
 
-It touches nothing in the core: a plugin with its own migrations, storage, data types and filters.
+It touches nothing in the core: a plugin with its own migrations, data types and filters, its objects kept
+in the core's ready-made JSON store (jmaple.store.objects.JsonObjects).
 Note has the standard methods of RFC 8620 §5 (with references to other Notes and to Notebooks);
 Notebook keeps a server-maintained counter, noteCount, so its /changes reports updatedProperties;
 NoteSettings is a singleton.
@@ -12,48 +13,17 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-import orjson
-
 from jmaple.core.capability import Capability, DataType, Filter, Plugin, Property
 from jmaple.core.errors import SetFailure
 from jmaple.store import changes
 from jmaple.store.db import Conn, Transaction
+from jmaple.store.objects import JsonObjects
 
 NOTES = "https://jmaple.test/notes"
 MAX_NOTE_SIZE = 10_000
 
 
-class JsonStore:
-    """Objects kept whole as JSON, one table per type."""
-
-    def __init__(self, table: str):
-        self.table = table
-
-    async def get(self, conn: Conn, account_id: str, ids: Sequence[str] | None) -> list[dict[str, Any]]:
-        if ids is None:
-            rows = await conn.all(f"SELECT data FROM {self.table} WHERE account_id = ? ORDER BY id", (account_id,))
-        else:
-            if not ids:
-                return []
-            rows = await conn.all(
-                f"SELECT data FROM {self.table} WHERE account_id = ? AND id IN ({','.join('?' * len(ids))})",
-                (account_id, *ids))
-        return [orjson.loads(r[0]) for r in rows]
-
-    async def insert(self, tx: Transaction, account_id: str, objects: list[dict[str, Any]]) -> None:
-        await tx.executemany(f"INSERT INTO {self.table} (account_id, id, data) VALUES (?, ?, ?)",
-                             [(account_id, o["id"], orjson.dumps(o)) for o in objects])
-
-    async def update(self, tx: Transaction, account_id: str, objects: list[dict[str, Any]]) -> None:
-        await tx.executemany(f"UPDATE {self.table} SET data = ? WHERE account_id = ? AND id = ?",
-                             [(orjson.dumps(o), account_id, o["id"]) for o in objects])
-
-    async def delete(self, tx: Transaction, account_id: str, ids: list[str]) -> None:
-        await tx.executemany(f"DELETE FROM {self.table} WHERE account_id = ? AND id = ?",
-                             [(account_id, i) for i in ids])
-
-
-class NoteStore(JsonStore):
+class NoteStore(JsonObjects):
     """Notes; writing one moves the noteCount of the Notebooks it leaves and joins."""
 
     async def insert(self, tx: Transaction, account_id: str, objects: list[dict[str, Any]]) -> None:
@@ -88,7 +58,7 @@ async def count_notes(tx: Transaction, account_id: str, joined: list[str | None]
     notebooks = await NOTEBOOK.store.get(tx, account_id, list(delta))
     for notebook in notebooks:
         notebook["noteCount"] += delta[notebook["id"]]
-    await JsonStore.update(NOTEBOOK.store, tx, account_id, notebooks)
+    await JsonObjects.update(NOTEBOOK.store, tx, account_id, notebooks)
     await changes.record(tx, account_id, "Notebook", counters_only=[n["id"] for n in notebooks])
 
 
@@ -118,23 +88,25 @@ async def before_destroy(ctx: Any, obj: dict[str, Any]) -> None:
         raise SetFailure("forbidden", "unpin the note first")
 
 
+NOTE_PROPERTIES = (
+    Property("id", "Id", server_set=True, immutable=True, sortable=True),
+    Property("title", "String", default="", sortable=True, max_length=200),
+    Property("body", "String", default=""),
+    Property("pinned", "Boolean", default=False, sortable=True),
+    Property("rank", "Int", default=0, sortable=True),
+    Property("parentId", "Id", nullable=True, default=None, references="Note"),
+    Property("notebookId", "Id", nullable=True, default=None, references="Notebook"),
+    Property("tags", "String[Boolean]", default={}),
+    Property("linkedIds", "Id[Boolean]", default={}, references="Note"),
+    Property("createdAt", "UTCDate", server_set=True, immutable=True, sortable=True),
+    Property("size", "UnsignedInt", server_set=True, sortable=True),
+)
+
 NOTE = DataType(
     name="Note",
     id_prefix="N",
-    properties=(
-        Property("id", "Id", server_set=True, immutable=True, sortable=True),
-        Property("title", "String", default="", sortable=True, max_length=200),
-        Property("body", "String", default=""),
-        Property("pinned", "Boolean", default=False, sortable=True),
-        Property("rank", "Int", default=0, sortable=True),
-        Property("parentId", "Id", nullable=True, default=None, references="Note"),
-        Property("notebookId", "Id", nullable=True, default=None, references="Notebook"),
-        Property("tags", "String[Boolean]", default={}),
-        Property("linkedIds", "Id[Boolean]", default={}, references="Note"),
-        Property("createdAt", "UTCDate", server_set=True, immutable=True, sortable=True),
-        Property("size", "UnsignedInt", server_set=True, sortable=True),
-    ),
-    store=NoteStore("test_notes"),
+    properties=NOTE_PROPERTIES,
+    store=NoteStore("test_notes", [p.name for p in NOTE_PROPERTIES]),
     filters={
         "title": Filter("String", lambda o, v: v.lower() in o.get("title", "").lower()),
         "pinned": Filter("Boolean", lambda o, v: o.get("pinned") is v),
@@ -153,16 +125,18 @@ async def before_destroy_notebook(ctx: Any, obj: dict[str, Any]) -> None:
         raise SetFailure("notebookHasNotes", f"{obj['noteCount']} notes are still in it")
 
 
+NOTEBOOK_PROPERTIES = (
+    Property("id", "Id", server_set=True, immutable=True, sortable=True),
+    Property("name", "String", sortable=True, max_length=100),
+    Property("labels", "String[]", default=[]),
+    Property("noteCount", "UnsignedInt", server_set=True, default=0, counter=True, sortable=True),
+)
+
 NOTEBOOK = DataType(
     name="Notebook",
     id_prefix="B",
-    properties=(
-        Property("id", "Id", server_set=True, immutable=True, sortable=True),
-        Property("name", "String", sortable=True, max_length=100),
-        Property("labels", "String[]", default=[]),
-        Property("noteCount", "UnsignedInt", server_set=True, default=0, counter=True, sortable=True),
-    ),
-    store=JsonStore("test_notebooks"),
+    properties=NOTEBOOK_PROPERTIES,
+    store=JsonObjects("test_notebooks", [p.name for p in NOTEBOOK_PROPERTIES]),
     standard_methods=("get", "changes", "set", "query", "queryChanges"),
     filters={"name": Filter("String", lambda o, v: o["name"] == v)},
     before_destroy=before_destroy_notebook,
@@ -170,8 +144,10 @@ NOTEBOOK = DataType(
 )
 
 
-class SettingsStore(JsonStore):
+class SettingsStore(JsonObjects):
     """The one NoteSettings of an account; read as the defaults until it is first written."""
+
+    get_json = None   # get() answers a row that is not stored
 
     async def get(self, conn: Conn, account_id: str, ids: Sequence[str] | None) -> list[dict[str, Any]]:
         if ids is not None and "singleton" not in ids:
@@ -183,7 +159,7 @@ class SettingsStore(JsonStore):
         await tx.executemany(
             f"INSERT INTO {self.table} (account_id, id, data) VALUES (?, ?, ?)"
             " ON CONFLICT (account_id, id) DO UPDATE SET data = excluded.data",
-            [(account_id, o["id"], orjson.dumps(o)) for o in objects])
+            [(account_id, o["id"], self.encode(o)) for o in objects])
 
 
 NOTE_SETTINGS = DataType(
@@ -193,7 +169,7 @@ NOTE_SETTINGS = DataType(
         Property("defaultSort", "String", default="title"),
         Property("showPinnedFirst", "Boolean", default=True),
     ),
-    store=SettingsStore("test_note_settings"),
+    store=SettingsStore("test_note_settings", ("id", "defaultSort", "showPinnedFirst")),
     standard_methods=("get", "changes", "set"),
     singleton=True,
 )

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from conftest import basic, share
-from notes import MAX_NOTE_SIZE
+from notes import MAX_NOTE_SIZE, NOTE
 
 UTC_DATE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 DEFAULTS = {"title": "", "body": "", "pinned": False, "rank": 0, "parentId": None, "notebookId": None,
@@ -50,6 +50,21 @@ async def test_get_with_ids_null_returns_every_object_with_every_property(client
         "notFound": [],
     }
     assert UTC_DATE.match(a["createdAt"])
+
+
+async def test_a_get_of_every_property_answers_what_naming_every_property_answers(client):
+    """Without `properties` the stored JSON is sent as it is: it must be what the objects give, property by
+    property, whatever the ids (repeated, missing, creation ids, none), before and after updates."""
+    every = [p.name for p in NOTE.properties]
+    notes = await create_notes(client, {"title": "Ünï \u2028 \"q\" </script>", "tags": {"a": True, "ß": True}},
+                               {"rank": -5, "body": "x" * 5000}, {})
+    await client.call("Note/set", {"update": {notes[0]: {"tags/a": None, "parentId": notes[1]},
+                                              notes[1]: {"title": None}}})
+    for ids in (None, notes, [notes[2], "Nmissing", notes[0], notes[2]], [], ["Nmissing"], ["#nope", notes[1]]):
+        fast = await client.call("Note/get", {"ids": ids})
+        named = await client.call("Note/get", {"ids": ids, "properties": every})
+        assert fast == named
+        assert all(set(o) == set(every) for o in fast["list"])
 
 
 async def test_get_of_an_empty_account_returns_an_empty_list_and_state(client):

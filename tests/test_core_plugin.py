@@ -15,8 +15,9 @@ from jmaple.config import Config, ConfigError
 from jmaple.core.capability import Capability, DataType, Method, Plugin, Property, Registry, RegistryError
 from jmaple.keys import RUNTIME
 from jmaple.store import changes
+from jmaple.store.objects import JsonObjects
 from jmaple.users import delete_user
-from notes import NOTE, NOTES, PLUGIN as NOTES_PLUGIN, JsonStore
+from notes import NOTE, NOTES, PLUGIN as NOTES_PLUGIN
 
 DIARY = "https://jmaple.test/diary"
 INK = "https://jmaple.test/ink"
@@ -71,7 +72,7 @@ def test_a_duplicate_method_fails_at_startup_naming_both_plugins(tmp_path):
 
 
 def test_a_duplicate_type_name_fails_at_startup_naming_both_plugins(tmp_path):
-    other_note = DataType(name="Note", properties=(Property("id", "Id", server_set=True),), store=JsonStore("x"),
+    other_note = DataType(name="Note", properties=(Property("id", "Id", server_set=True),), store=JsonObjects("x", ["id"]),
                           standard_methods=())
     twin = Plugin(name="twin", capabilities=(Capability("https://jmaple.test/twin", data_types=(other_note,)),))
     with pytest.raises(RegistryError) as exc:

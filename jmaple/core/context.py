@@ -79,6 +79,9 @@ class MethodContext:
     method: str
     # Responses to append after this one, e.g. the implicit Foo/set of Foo/copy (RFC 8620 §5.4).
     extra_responses: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # Whether a later call of the request refers to this call's result (RFC 8620 §3.7): if not, the
+    # result may hold pre-encoded JSON (orjson.Fragment), which only serialising reads.
+    referenced: bool = True
 
     @property
     def config(self) -> Config:

@@ -99,6 +99,16 @@ def resolve_references(args: dict[str, Any], responses: list[list[Any]]) -> dict
     return out
 
 
+def referenced_calls(calls: list[Any]) -> set[str]:
+    """The call ids that result references of the request point at (RFC 8620 §3.7)."""
+    out = set()
+    for _, args, _ in calls:
+        for key, ref in args.items():
+            if key[:1] == "#" and isinstance(ref, dict) and isinstance(source := ref.get("resultOf"), str):
+                out.add(source)
+    return out
+
+
 class Dispatcher:
     """Runs the method calls of one Request for one Principal, on whichever transport carried it."""
 
@@ -123,6 +133,8 @@ class Dispatcher:
         self._trace("request", body)
         created_ids: dict[str, str] = dict(created_in or {})
         used = set(using)
+        # Only a later call can refer to a result: a request of one call needs no scan.
+        referenced = referenced_calls(calls) if len(calls) > 1 else set()
         responses: list[list[Any]] = []
         for name, args, call_id in calls:
             try:
@@ -132,7 +144,8 @@ class Dispatcher:
                 if check_depth and nesting_depth(args, MAX_ARGUMENT_DEPTH) > MAX_ARGUMENT_DEPTH:
                     raise invalid_arguments(f"the arguments nest deeper than {MAX_ARGUMENT_DEPTH} levels")
                 args = resolve_references(args, responses)
-                result, extra = await self._call(principal, method, name, args, call_id, created_ids)
+                result, extra = await self._call(principal, method, name, args, call_id, created_ids,
+                                                 call_id in referenced)
             except MethodError as exc:
                 responses.append(["error", exc.to_json(), call_id])
                 continue
@@ -170,7 +183,8 @@ class Dispatcher:
         return account_id
 
     async def _call(self, principal: Principal, method: Method, name: str, args: dict[str, Any], call_id: str,
-                    created_ids: dict[str, str]) -> tuple[Response, list[tuple[str, dict[str, Any]]]]:
+                    created_ids: dict[str, str],
+                    referenced: bool = True) -> tuple[Response, list[tuple[str, dict[str, Any]]]]:
         account_id = ""
         if method.account is not None:
             account_id = self._check_account(principal, method, args, method.account, "")
@@ -187,15 +201,18 @@ class Dispatcher:
         try:
             if method.writes:
                 async with db.write() as tx:
-                    ctx = MethodContext(self.runtime, principal, account_id, tx, created, call_id, name)
+                    ctx = MethodContext(self.runtime, principal, account_id, tx, created, call_id, name,
+                                        referenced=referenced)
                     result = await method.handler(ctx, args)
                     changed = tx.changed
             elif not method.uses_db:
-                ctx = MethodContext(self.runtime, principal, account_id, None, created, call_id, name)
+                ctx = MethodContext(self.runtime, principal, account_id, None, created, call_id, name,
+                                    referenced=referenced)
                 result = await method.handler(ctx, args)
             else:
                 async with db.read() as conn:
-                    ctx = MethodContext(self.runtime, principal, account_id, conn, created, call_id, name)
+                    ctx = MethodContext(self.runtime, principal, account_id, conn, created, call_id, name,
+                                        referenced=referenced)
                     result = await method.handler(ctx, args)
         except MethodError:
             raise
