@@ -15,7 +15,7 @@ from aiohttp import web
 from jmaple.api import add_routes
 from jmaple.api.streams import StreamSupervisor
 from jmaple.api.ticket import Tickets
-from jmaple.api.http import Limiter, front_middleware
+from jmaple.api.http import Limiter, front
 from jmaple.auth import Authenticator, auth_gate
 from jmaple.config import Config
 from jmaple.core.capability import Plugin, Registry
@@ -142,16 +142,12 @@ async def close_streams(app: web.Application) -> None:
 
 def make_app(config: Config, *, capabilities: Sequence[Plugin] = ()) -> web.Application:
     """The aiohttp application; its parts open in lifespan()."""
-    app = web.Application(
-        middlewares=[front_middleware(config.server,
-                                      auth_gate(AUTHENTICATOR, config.server, PRINCIPAL, AUTH_HEADER, TICKETS))],
-        client_max_size=max(config.limits.max_size_request, config.limits.max_size_upload) + 1,
-    )
+    app = web.Application(client_max_size=max(config.limits.max_size_request, config.limits.max_size_upload) + 1)
     app[CONFIG] = config
     app[EXTRA_PLUGINS] = tuple(capabilities)
     app[TICKETS] = Tickets()
     app[LIMITER] = Limiter()
     app.cleanup_ctx.append(lifespan)
     app.on_shutdown.append(close_streams)
-    add_routes(app)
+    add_routes(app, front(config.server, auth_gate(AUTHENTICATOR, config.server, PRINCIPAL, AUTH_HEADER, TICKETS)))
     return app

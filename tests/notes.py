@@ -106,7 +106,7 @@ NOTE = DataType(
     name="Note",
     id_prefix="N",
     properties=NOTE_PROPERTIES,
-    store=NoteStore("test_notes", [p.name for p in NOTE_PROPERTIES]),
+    store=NoteStore("test_notes", "Note", [p.name for p in NOTE_PROPERTIES]),
     filters={
         "title": Filter("String", lambda o, v: v.lower() in o.get("title", "").lower()),
         "pinned": Filter("Boolean", lambda o, v: o.get("pinned") is v),
@@ -136,7 +136,7 @@ NOTEBOOK = DataType(
     name="Notebook",
     id_prefix="B",
     properties=NOTEBOOK_PROPERTIES,
-    store=JsonObjects("test_notebooks", [p.name for p in NOTEBOOK_PROPERTIES]),
+    store=JsonObjects("test_notebooks", "Notebook", [p.name for p in NOTEBOOK_PROPERTIES]),
     standard_methods=("get", "changes", "set", "query", "queryChanges"),
     filters={"name": Filter("String", lambda o, v: o["name"] == v)},
     before_destroy=before_destroy_notebook,
@@ -169,7 +169,7 @@ NOTE_SETTINGS = DataType(
         Property("defaultSort", "String", default="title"),
         Property("showPinnedFirst", "Boolean", default=True),
     ),
-    store=SettingsStore("test_note_settings", ("id", "defaultSort", "showPinnedFirst")),
+    store=SettingsStore("test_note_settings", "NoteSettings", ("id", "defaultSort", "showPinnedFirst")),
     standard_methods=("get", "changes", "set"),
     singleton=True,
 )

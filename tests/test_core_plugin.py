@@ -72,7 +72,7 @@ def test_a_duplicate_method_fails_at_startup_naming_both_plugins(tmp_path):
 
 
 def test_a_duplicate_type_name_fails_at_startup_naming_both_plugins(tmp_path):
-    other_note = DataType(name="Note", properties=(Property("id", "Id", server_set=True),), store=JsonObjects("x", ["id"]),
+    other_note = DataType(name="Note", properties=(Property("id", "Id", server_set=True),), store=JsonObjects("x", "Note", ["id"]),
                           standard_methods=())
     twin = Plugin(name="twin", capabilities=(Capability("https://jmaple.test/twin", data_types=(other_note,)),))
     with pytest.raises(RegistryError) as exc:

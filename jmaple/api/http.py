@@ -1,4 +1,4 @@
-"""HTTP plumbing shared by the transports: JSON and problem responses, bounded bodies, middlewares."""
+"""HTTP plumbing shared by the transports: JSON and problem responses, bounded bodies, the front wrapper."""
 
 from __future__ import annotations
 
@@ -101,10 +101,13 @@ def problem(status: int, type: str, detail: str, **extra: Any) -> web.Response:
 
 async def read_body(request: web.Request, limit: int, limit_name: str) -> bytes:
     """The whole body, refused as soon as it passes `limit` bytes (a request-level limit error)."""
-    if request.content_length is not None and request.content_length > limit:
-        raise RequestError("limit", 400, f"the body is larger than {limit_name} ({limit} bytes)", limit=limit_name)
-    if request.content_length is not None and hdrs.CONTENT_ENCODING not in request.headers:
-        return await request.read()   # the usual case: one read of a known, acceptable length
+    length = request.content_length
+    if length is not None:
+        if length > limit:
+            raise RequestError("limit", 400, f"the body is larger than {limit_name} ({limit} bytes)",
+                               limit=limit_name)
+        if hdrs.CONTENT_ENCODING not in request.headers:
+            return await request.read()   # the usual case: one read of a known, acceptable length
     chunks = []
     size = 0
     async for chunk in request.content.iter_any():
@@ -169,10 +172,11 @@ def origin_allowed(origin: str, allowed: tuple[str, ...]) -> bool:
 Gate = Callable[[web.Request], Awaitable["web.StreamResponse | None"]]
 
 
-def front_middleware(server: ServerConfig, gate: Gate) -> Any:
-    """CORS, problem responses and authentication, as one middleware (each layer costs every request).
+def front(server: ServerConfig, gate: Gate) -> Callable[[Handler], Handler]:
+    """The wrapper every route's handler gets: CORS, problem responses and authentication.
 
-    In order, outermost first:
+    A wrapper rather than aiohttp middlewares: each middleware layer costs every request, and every
+    path (the unknown ones included, see add_routes) has a route. In order, outermost first:
     - CORS for browser clients: a preflight is answered without credentials, allowed origins echoed;
     - problems: RequestError -> problem+json; aiohttp's own HTTP errors keep their status; anything
       else is a logged 500;
@@ -180,42 +184,49 @@ def front_middleware(server: ServerConfig, gate: Gate) -> Any:
     """
     allowed = server.cors_origins
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        origin = request.headers.get(hdrs.ORIGIN)
-        cors = origin is not None and bool(allowed) and origin_allowed(origin, allowed)
-        if request.method == "OPTIONS":
-            response = web.Response(status=204, headers={"Vary": "Origin"})
-            if cors:
-                response.headers.update({
-                    "Access-Control-Allow-Origin": origin,
-                    "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
-                    "Access-Control-Allow-Headers": request.headers.get(
-                        "Access-Control-Request-Headers", "Authorization, Content-Type, Accept, Last-Event-ID"),
-                    "Access-Control-Max-Age": "86400",
-                })
+    def wrap(handler: Handler) -> Handler:
+        async def fronted(request: web.Request) -> web.StreamResponse:
+            origin = request.headers.get(hdrs.ORIGIN)
+            cors = origin is not None and bool(allowed) and origin_allowed(origin, allowed)
+            if request.method == "OPTIONS":
+                return _preflight(request, origin if cors else None)
+            try:
+                refused = await gate(request)
+                response = await handler(request) if refused is None else refused
+            except RequestError as exc:
+                response = problem(exc.status, exc.type, exc.detail, **exc.extra)
+            except web.HTTPException as exc:
+                if exc.status < 400 or exc.content_type == "application/problem+json":
+                    if cors and not exc.prepared:
+                        _cors_headers(exc, origin)
+                    raise
+                response = problem(exc.status, "about:blank", exc.reason, title=exc.reason)
+                if hdrs.ALLOW in exc.headers:
+                    response.headers[hdrs.ALLOW] = exc.headers[hdrs.ALLOW]
+            except Exception:
+                log.exception("unhandled error on %s %s", request.method, request.path)
+                response = problem(500, "about:blank", "an internal error occurred; it has been logged")
+            if cors and not response.prepared:
+                _cors_headers(response, origin)
             return response
-        try:
-            refused = await gate(request)
-            response = await handler(request) if refused is None else refused
-        except RequestError as exc:
-            response = problem(exc.status, exc.type, exc.detail, **exc.extra)
-        except web.HTTPException as exc:
-            if exc.status < 400 or exc.content_type == "application/problem+json":
-                if cors and not exc.prepared:
-                    _cors_headers(exc, origin)
-                raise
-            response = problem(exc.status, "about:blank", exc.reason, title=exc.reason)
-            if hdrs.ALLOW in exc.headers:
-                response.headers[hdrs.ALLOW] = exc.headers[hdrs.ALLOW]
-        except Exception:
-            log.exception("unhandled error on %s %s", request.method, request.path)
-            response = problem(500, "about:blank", "an internal error occurred; it has been logged")
-        if cors and not response.prepared:
-            _cors_headers(response, origin)
-        return response
 
-    return middleware
+        return fronted
+
+    return wrap
+
+
+def _preflight(request: web.Request, origin: str | None) -> web.Response:
+    """A CORS preflight (OPTIONS): answered without credentials; an allowed origin is echoed."""
+    response = web.Response(status=204, headers={"Vary": "Origin"})
+    if origin is not None:
+        response.headers.update({
+            "Access-Control-Allow-Origin": origin,
+            "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+            "Access-Control-Allow-Headers": request.headers.get(
+                "Access-Control-Request-Headers", "Authorization, Content-Type, Accept, Last-Event-ID"),
+            "Access-Control-Max-Age": "86400",
+        })
+    return response
 
 
 def _cors_headers(response: web.StreamResponse, origin: str | None) -> None:

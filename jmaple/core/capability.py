@@ -83,9 +83,10 @@ class Filter:
 class Store(Protocol):
     """What the generic standard methods need of a type's storage; plain dicts in and out.
 
-    A store may also have `get_json(conn, account_id, ids) -> (ids found, JSON array text)`: what get()
-    answers, still encoded, every object with exactly the type's properties. The standard /get then sends
-    that text as it is when a request asks for all properties (jmaple.store.objects.JsonObjects has it).
+    A store may also have `get_json(conn, account_id, ids) -> (state, ids found, JSON array)`: what get()
+    answers, still encoded (every object with exactly the type's properties), and the type's state as of
+    that data (never newer). The standard /get then sends that JSON as it is when a request asks for all
+    properties (jmaple.store.objects.JsonObjects has it).
     """
 
     async def get(self, conn: Conn, account_id: str, ids: Sequence[str] | None) -> list[dict[str, Any]]: ...

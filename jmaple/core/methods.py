@@ -187,21 +187,21 @@ async def standard_get(ctx: MethodContext, args: dict[str, Any], data_type: Data
     if ids is not None:
         check_count(ctx, len(ids), limit, "ids")
         ids = unique_ids(ctx, ids)
-    # The state is read first (so it is never newer than the objects), in the same hop as the store's
-    # first statement.
-    state = changes.state_later(ctx.conn, ctx.account_id, data_type.name)
     get_json = getattr(data_type.store, "get_json", None)
     if get_json is not None and a.args.get("properties") is None and not ctx.referenced:
         # Every property, and nothing will read the list but the serialiser: the stored JSON as it is.
-        found_ids, encoded = await get_json(ctx.conn, ctx.account_id, ids)
+        state, found_ids, encoded = await get_json(ctx.conn, ctx.account_id, ids)
         if ids is None:
             check_count(ctx, len(found_ids), limit, "objects in the account (ids: null)")
         return {
             "accountId": ctx.account_id,
-            "state": await state,
+            "state": state,
             "list": orjson.Fragment(encoded),
             "notFound": [] if ids is None or len(found_ids) == len(ids) else not_in(ids, found_ids),
         }
+    # The state is read first (so it is never newer than the objects), in the same hop as the store's
+    # first statement.
+    state_later = changes.state_later(ctx.conn, ctx.account_id, data_type.name)
     objects = await data_type.store.get(ctx.conn, ctx.account_id, ids)
     if ids is None:
         check_count(ctx, len(objects), limit, "objects in the account (ids: null)")
@@ -213,7 +213,7 @@ async def standard_get(ctx: MethodContext, args: dict[str, Any], data_type: Data
         not_found = [i for i in ids if i not in by_id] if len(found) < len(ids) else []
     return {
         "accountId": ctx.account_id,
-        "state": await state,
+        "state": await state_later,
         "list": select(found, properties),
         "notFound": not_found,
     }

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
 
+from jmaple.store import changes
 from jmaple.store.db import Conn, Transaction
 
 _TABLE = re.compile(r"[a-z_][a-z0-9_]*")
+CACHE_BYTES = 8 << 20   # encoded objects kept in memory per store, over all accounts
 
 
 class JsonObjects:
@@ -27,23 +30,38 @@ class JsonObjects:
     That lets get_json hand the stored JSON to the standard /get as it is: a /get of all properties
     decodes nothing. A subclass whose get() answers something other than the stored rows must override
     get_json too, or set it to None.
+
+    get_json keeps the objects it read in memory (at most `cache_bytes` over all accounts), each account's
+    valid for one state of the type: like /changes, it relies on every write of an object recording
+    its change (changes.record) in the same transaction, which moves the state. Any process may write:
+    the state is read from the database on every call.
     """
 
-    def __init__(self, table: str, properties: Iterable[str]):
+    def __init__(self, table: str, type_name: str, properties: Iterable[str], *, cache_bytes: int = CACHE_BYTES):
         if not _TABLE.fullmatch(table):
             raise ValueError(f"table name {table!r}: lower-case letters, digits and _ only")
         self.table = table
+        self.type_name = type_name
         self.properties = tuple(properties)
         if "id" not in self.properties:
             raise ValueError("the properties of a data type include id")
+        self.cache_bytes = cache_bytes
+        self._cache: OrderedDict[str, _Snapshot] = OrderedDict()   # account id -> objects at one state
+        self._cached_bytes = 0
         self._select_ids = (f"SELECT t.data FROM json_each(?) j CROSS JOIN {table} t"
                             " ON t.account_id = ? AND t.id = j.value")
         self._select_all = f"SELECT data FROM {table} WHERE account_id = ? ORDER BY id"
-        # One row for the whole answer: the ids found, and their objects as one JSON array.
-        self._json_ids = (f"SELECT group_concat(t.id, ' '), group_concat(t.data, ',') FROM json_each(?) j"
-                          f" CROSS JOIN {table} t ON t.account_id = ? AND t.id = j.value")
-        self._json_all = (f"SELECT group_concat(id, ' '), group_concat(data, ',')"
-                          f" FROM (SELECT id, data FROM {table} WHERE account_id = ? ORDER BY id)")
+        # One row, one snapshot: the state, then the ids found, each one's length in bytes, and the
+        # objects joined by commas.
+        self._json_ids = (
+            "SELECT (SELECT modseq FROM type_states WHERE account_id = ?1 AND type = ?2),"
+            " group_concat(t.id, ' '), group_concat(length(CAST(t.data AS BLOB)), ' '),"
+            f" CAST(group_concat(t.data, ',') AS BLOB) FROM json_each(?3) j CROSS JOIN {table} t"
+            " ON t.account_id = ?1 AND t.id = j.value")
+        self._json_all = (
+            "SELECT (SELECT modseq FROM type_states WHERE account_id = ?1 AND type = ?2),"
+            " group_concat(id, ' '), CAST(group_concat(data, ',') AS BLOB)"
+            f" FROM (SELECT id, data FROM {table} WHERE account_id = ?1 ORDER BY id)")
 
     def encode(self, obj: dict[str, Any]) -> bytes:
         return orjson.dumps({p: obj.get(p) for p in self.properties})
@@ -58,20 +76,58 @@ class JsonObjects:
             rows = await conn.all(self._select_ids, (orjson.dumps(ids).decode(), account_id))
         return [orjson.loads(r[0]) for r in rows]
 
-    async def get_json(self, conn: Conn, account_id: str, ids: Sequence[str] | None) -> tuple[list[str], str]:
-        """(ids found, their objects as one JSON array) — what get() answers, still encoded, in one row.
-
-        ids must not repeat (the standard /get drops repeats first).
-        """
+    async def get_json(self, conn: Conn, account_id: str,
+                       ids: Sequence[str] | None) -> tuple[str, list[str], bytes]:
+        """(the type's state, the ids found, their objects as one JSON array): what get() answers, in
+        the order asked, still encoded, with the state of exactly that data. ids must not repeat."""
+        cached = self._cache.get(account_id) if ids and not isinstance(conn, Transaction) else None
+        if cached is not None:
+            state = await changes.state(conn, account_id, self.type_name)
+            if state == cached.state:
+                objects = cached.objects
+                if all(i in objects for i in ids):
+                    if account_id in self._cache:   # (another call may have dropped it meanwhile)
+                        self._cache.move_to_end(account_id)
+                    return state, list(ids), _array([objects[i] for i in ids])
         if ids is None:
-            row = await conn.one(self._json_all, (account_id,))
-        elif not ids:
-            return [], "[]"
-        else:
-            row = await conn.one(self._json_ids, (orjson.dumps(ids).decode(), account_id))
-        if row is None or row[0] is None:
-            return [], "[]"
-        return row[0].split(" "), f"[{row[1]}]"
+            state_row, found, text = await conn.one(self._json_all, (account_id, self.type_name))
+            return str(state_row or 0), found.split(" ") if found else [], b"[" + (text or b"") + b"]"
+        if not ids:
+            return await changes.state(conn, account_id, self.type_name), [], b"[]"
+        state_row, found, lengths, text = await conn.one(
+            self._json_ids, (account_id, self.type_name, orjson.dumps(ids).decode()))
+        state = str(state_row or 0)
+        if not found:
+            return state, [], b"[]"
+        found_ids = found.split(" ")
+        if not isinstance(conn, Transaction):   # a transaction's rows may yet be rolled back
+            self._remember(account_id, state, found_ids, [int(n) for n in lengths.split(" ")], text)
+        return state, found_ids, b"[" + text + b"]"
+
+    def _remember(self, account_id: str, state: str, ids: list[str], lengths: list[int], text: bytes) -> None:
+        """Keep the objects just read at `state` (the same snapshot), dropping the account's older ones."""
+        size = len(text)
+        if size > self.cache_bytes:
+            return
+        snapshot = self._cache.pop(account_id, None)
+        if snapshot is not None:
+            self._cached_bytes -= snapshot.size
+            if snapshot.state != state:
+                snapshot = None
+        if snapshot is None:
+            snapshot = _Snapshot(state)
+        start = 0
+        objects = snapshot.objects
+        for object_id, length in zip(ids, lengths):
+            if object_id not in objects:
+                objects[object_id] = text[start:start + length]
+                snapshot.size += length
+            start += length + 1
+        self._cache[account_id] = snapshot
+        self._cached_bytes += snapshot.size
+        while self._cached_bytes > self.cache_bytes:
+            _, dropped = self._cache.popitem(last=False)
+            self._cached_bytes -= dropped.size
 
     async def insert(self, tx: Transaction, account_id: str, objects: list[dict[str, Any]]) -> None:
         await tx.executemany(f"INSERT INTO {self.table} (account_id, id, data) VALUES (?, ?, ?)",
@@ -84,3 +140,21 @@ class JsonObjects:
     async def delete(self, tx: Transaction, account_id: str, ids: list[str]) -> None:
         await tx.executemany(f"DELETE FROM {self.table} WHERE account_id = ? AND id = ?",
                              [(account_id, i) for i in ids])
+
+
+def _array(parts: list[bytes]) -> bytes:
+    """A JSON array of encoded values, copying each only once (brackets ride on the first and last)."""
+    if len(parts) == 1:
+        return b"[" + parts[0] + b"]"
+    return b",".join([b"[" + parts[0], *parts[1:-1], parts[-1] + b"]"])
+
+
+class _Snapshot:
+    """Encoded objects of one account, all read at one state of the type."""
+
+    __slots__ = ("state", "objects", "size")
+
+    def __init__(self, state: str):
+        self.state = state
+        self.objects: dict[str, bytes] = {}
+        self.size = 0
