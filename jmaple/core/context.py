@@ -66,7 +66,7 @@ class Runtime:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(slots=True)
 class MethodContext:
     """One method call: who, which account, the connection or transaction, and the request's created ids."""
 

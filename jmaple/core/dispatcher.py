@@ -50,13 +50,16 @@ def parse_request(body: Any, known: Callable[[str], bool], max_calls: int) -> tu
     using = body.get("using")
     calls = body.get("methodCalls")
     created_ids = body.get("createdIds")
-    if not isinstance(using, list) or not all(isinstance(u, str) for u in using):
+    if not isinstance(using, list):
         raise RequestError("notRequest", 400, "using must be an array of capability URIs")
+    for urn in using:
+        if not isinstance(urn, str):
+            raise RequestError("notRequest", 400, "using must be an array of capability URIs")
     if not isinstance(calls, list):
         raise RequestError("notRequest", 400, "methodCalls must be an array")
     for call in calls:
-        if not (isinstance(call, list) and len(call) == 3 and isinstance(call[0], str)
-                and isinstance(call[1], dict) and isinstance(call[2], str)):
+        if not (type(call) is list and len(call) == 3 and type(call[0]) is str   # parsed JSON: exact types
+                and type(call[1]) is dict and type(call[2]) is str):
             raise RequestError("notRequest", 400,
                                "each method call must be [name (String), arguments (Object), call id (String)]")
     if created_ids is not None and not (isinstance(created_ids, dict) and all(
@@ -73,8 +76,11 @@ def parse_request(body: Any, known: Callable[[str], bool], max_calls: int) -> tu
 
 def resolve_references(args: dict[str, Any], responses: list[list[Any]]) -> dict[str, Any]:
     """Replace "#name" arguments by the values they point at in earlier responses (RFC 8620 §3.7)."""
-    if not any(key.startswith("#") for key in args):
-        return args
+    for key in args:
+        if key[:1] == "#":
+            break
+    else:
+        return args   # no reference: the usual case, without a generator per call
     out = dict(args)
     for key, ref in args.items():
         if not key.startswith("#"):
@@ -130,7 +136,8 @@ class Dispatcher:
         """
         check_depth = max_depth is None or max_depth > MAX_ARGUMENT_DEPTH
         using, calls, created_in = parse_request(body, self.knows, self.runtime.config.limits.max_calls_in_request)
-        self._trace("request", body)
+        if self.trace is not None:
+            self._trace("request", body)
         created_ids: dict[str, str] = dict(created_in or {})
         used = set(using)
         # Only a later call can refer to a result: a request of one call needs no scan.
@@ -154,14 +161,14 @@ class Dispatcher:
         response: Response = {"methodResponses": responses, "sessionState": session_state(self.runtime, principal)}
         if created_in is not None:
             response["createdIds"] = created_ids
-        self._trace("response", response)
+        if self.trace is not None:
+            self._trace("response", response)
         return response
 
     def _trace(self, kind: str, body: Any) -> None:
         """Hand a request or response to the tracer, which must never fail the request (e.g. on a body
         too deep to serialise)."""
-        if self.trace is None:
-            return
+        assert self.trace is not None
         try:
             self.trace(kind, body)
         except Exception:
