@@ -270,7 +270,7 @@ async def test_a_json_content_type_with_parameters_is_fine(client):
 
 
 @pytest.mark.parametrize("path", ["/nope", "/jmap", "/jmap/", "/jmap/api/extra", "/jmap/download/a/b",
-                                  "/jmap/upload/A1", "/%ff", "/jmap/download/%ZZ/%00/x"])
+                                  "/jmap/upload/A1", "/%ff", "/jmap/download/%ZZ/%00/x", "/jmap/%0Aapi", "/%0D%0A"])
 async def test_unknown_paths_are_404_with_credentials_and_401_without(client, path):
     await assert_problem(await client.get(path, headers=client.headers()), 404)
     assert (await client.get(path)).status == 401
@@ -353,3 +353,41 @@ async def test_only_a_well_formed_host_header_is_echoed_into_urls(client, host, 
         client, b"GET /.well-known/jmap HTTP/1.1\r\nConnection: close\r\nHost: " + host + b"\r\n\r\n")
     assert status == 307
     assert headers["Location"] == (expected or f"http://{client.host}:{client.port}/jmap/session")
+
+
+# --- the access log ---------------------------------------------------------------------------------
+
+
+async def test_the_access_log_writes_a_line_per_request_without_query_or_line_breaks(aiohttp_server, tmp_path,
+                                                                                     caplog, capsys):
+    """The server's own access log (as `jmapled serve` runs it): one line per request, the path as sent
+    (a "%0A" cannot start a forged line) and without its query string (a ?ticket= is a credential);
+    aiohttp makes a logger per connection, and connections must not pile up in memory."""
+    import atexit
+    import logging
+
+    import aiohttp
+
+    from jmaple.api.http import AccessLogger
+
+    caplog.set_level(logging.INFO, logger="aiohttp.access")
+    config = Config.for_tests(data_dir=tmp_path / "own")
+    server = await aiohttp_server(make_app(config, capabilities=[NOTES_PLUGIN]),
+                                  access_log=logging.getLogger("aiohttp.access"), access_log_class=AccessLogger)
+    callbacks = atexit._ncallbacks()
+    capsys.readouterr()
+    forged = "/jmap/%0Aaccess%20127.0.0.1%20GET%20/forged%20200?ticket=s3cret"
+    for n in range(10):   # each on a connection of its own
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+            for path in (forged if n == 0 else "/healthz?ticket=s3cret", "/healthz?x=%0D%0Ay"):
+                async with session.get(server.make_url("/").with_path(path, encoded=True).with_query(
+                        path.partition("?")[2]), allow_redirects=False) as resp:
+                    await resp.read()
+    AccessLogger(logging.getLogger("aiohttp.access"), "").flush()
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 20
+    assert lines[0].endswith("ms") and " access 127.0.0.1 GET /jmap/%0Aaccess%20127.0.0.1%20GET%20/forged%20200 401 " \
+        in lines[0]
+    assert " access 127.0.0.1 GET /healthz 200 " in lines[1]
+    assert not any("s3cret" in line or "forged 200" in line for line in lines)
+    assert atexit._ncallbacks() <= callbacks + 1

@@ -32,7 +32,7 @@ def add_routes(app: web.Application, front: Callable[[Handler], Handler]) -> Non
         if method == "GET":
             app.router.add_route("HEAD", path, front(handler))
         app.router.add_route("*", path, front(_method_not_allowed(allowed)))
-    app.router.add_route("*", "/{tail:.*}", front(_not_found))
+    app.router.add_route("*", r"/{tail:[\s\S]*}", front(_not_found))   # "." would miss a decoded %0A
 
 
 def _method_not_allowed(allowed: set[str]) -> Handler:
