@@ -1,4 +1,4 @@
-"""Password hashing, app passwords and tokens, the credential cache and the auth middleware -> Principal."""
+"""Password hashing, app passwords and tokens, the credential cache and the auth gate -> Principal."""
 
 from __future__ import annotations
 

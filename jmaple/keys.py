@@ -25,7 +25,7 @@ PUBLISHER = web.AppKey("jmaple.publisher", StatePublisher)
 SUPERVISOR = web.AppKey("jmaple.supervisor", StreamSupervisor)
 TICKETS = web.AppKey("jmaple.tickets", Any)
 
-# Request keys (per request, set by the auth middleware).
+# Request keys (per request, set by the auth gate).
 PRINCIPAL = web.RequestKey("jmaple.principal", Principal)
 AUTH_HEADER = web.RequestKey("jmaple.auth_header", str)   # the credentials used (never logged)
 
