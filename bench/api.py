@@ -6,8 +6,8 @@ Starts, each in its own process: the Jmaple server (run as `jmapled serve` runs 
 the access log, GC tuning; the test capability's Notes, kept in the core's JsonObjects store), a bare
 aiohttp server that answers the same bytes, and a load generator: wrk when installed (apt-get install
 wrk), else raw asyncio sockets with keep-alive (slower: it may saturate before the bare server does).
-The 50 Notes are read over and over, so they come from JsonObjects' memory after the first /get; a
-/get of objects just changed reads them from SQLite (~30 us more in process). Prints requests/s
+The 50 Notes are read over and over, so they come from JsonObjects' memory after the first /get;
+with --cold every /get reads them from SQLite, as a /get of objects just changed does. Prints requests/s
 for Core/echo and for a /get of 50 objects, each as a ratio to the bare handler, and the median and
 99th-percentile latency at one connection. Nothing here is a test.
 """
@@ -49,10 +49,12 @@ def pin(cpu: int) -> None:
         os.sched_setaffinity(0, {cpu % os.cpu_count()})
 
 
-def run_jmaple(data_dir: str, port: int, ready: multiprocessing.Event) -> None:
+def run_jmaple(data_dir: str, port: int, ready: multiprocessing.Event, cold: bool = False) -> None:
     """The server exactly as `jmapled serve` runs it (logging, access log, GC tuning), with the notes plugin."""
     pin(0)
     import notes
+    if cold:
+        notes.NOTE.store.cache_bytes = 0   # every /get reads SQLite
     from jmaple.cli import run_server, setup_logging
     from jmaple.config import Config
 
@@ -218,6 +220,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--connections", type=int, default=8,
                         help="concurrent connections (default: the default maxConcurrentRequests)")
+    parser.add_argument("--cold", action="store_true",
+                        help="keep no Notes in memory: every /get reads them from SQLite")
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds per workload, bare and Jmaple alternating; the medians are printed")
     args = parser.parse_args()
@@ -230,7 +234,7 @@ def main() -> None:
                             "methodCalls": [["Note/get", {"accountId": account_id, "ids": ids}, "c0"]]})
         jport, bport = free_port(), free_port()
         ready = multiprocessing.Event()
-        server = multiprocessing.Process(target=run_jmaple, args=(data_dir, jport, ready), daemon=True)
+        server = multiprocessing.Process(target=run_jmaple, args=(data_dir, jport, ready, args.cold), daemon=True)
         server.start()
         ready.wait(30)
         # The bare handler answers exactly what Jmaple answers.
