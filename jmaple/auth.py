@@ -257,24 +257,37 @@ TICKET_PATHS = frozenset({"/jmap/eventsource", "/jmap/ws"})
 
 def auth_gate(authenticator_key: web.AppKey[Authenticator], server: ServerConfig,
               principal_key: web.RequestKey[Principal], header_key: web.RequestKey[str],
-              tickets_key: web.AppKey[Any]) -> Callable[[web.Request], Awaitable[web.StreamResponse | None]]:
-    """The check every request but the discovery redirect, preflight and /healthz passes: None once
-    the request carries the Principal, else the 401 response to send.
+              tickets_key: web.AppKey[Any]) -> Callable[[web.Request], Awaitable[web.StreamResponse | None] | None]:
+    """The check every request but the discovery redirect, preflight and /healthz passes.
+
+    gate(request) is None once the request carries the Principal, which is the usual case and needs no
+    await (credentials verified within the last second); else an awaitable of None (verified now) or of
+    the 401 response to send.
 
     The push streams also accept `?ticket=` (browsers cannot set Authorization on them); a ticket stands
     for the credentials it was issued with, so revoking those ends it too.
     """
     from jmaple.api.http import problem   # api depends on auth's types, not the other way round
 
-    async def gate(request: web.Request) -> web.StreamResponse | None:
+    def gate(request: web.Request) -> Awaitable[web.StreamResponse | None] | None:
         method = request.method
         if method == "OPTIONS" or (method in PUBLIC_METHODS and request.path in PUBLIC_PATHS):
             return None
         authenticator = request.app[authenticator_key]
         header = request.headers.get("Authorization")
+        if header is not None:
+            principal = authenticator.recent(header)
+            if principal is not None:
+                request[principal_key] = principal
+                request[header_key] = header
+                return None
+        return verify(request, authenticator, header)
+
+    async def verify(request: web.Request, authenticator: Authenticator,
+                     header: str | None) -> web.StreamResponse | None:
         if header is None and request.path in TICKET_PATHS and "ticket" in request.query:
             header = request.app[tickets_key].redeem(request.query["ticket"], request.path)
-        principal = (authenticator.recent(header) or await authenticator.authenticate(header)) if header else None
+        principal = await authenticator.authenticate(header) if header else None
         if principal is None:
             if header or "ticket" in request.query:
                 delay = authenticator.failure_delay(client_address(request, server))

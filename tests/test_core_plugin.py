@@ -71,9 +71,24 @@ def test_a_duplicate_method_fails_at_startup_naming_both_plugins(tmp_path):
         registry(tmp_path, echo)
 
 
+@pytest.mark.parametrize("store, reason", [
+    (JsonObjects("things", "Thingy", ["id", "name"]), "its store 'things' is for type 'Thingy'"),
+    (JsonObjects("things", "Thing", ["id"]), "its store 'things' keeps the properties id, not id, name"),
+    (JsonObjects("things", "Thing", ["name", "id"]), "keeps the properties name, id, not id, name"),
+])
+def test_a_json_store_declared_for_another_type_fails_at_startup(tmp_path, store, reason):
+    """A JsonObjects store reads its type's state and sends its rows as they are: a typo in its type name
+    or properties would serve stale or wrong objects, so the registry refuses it."""
+    thing = DataType(name="Thing", properties=(Property("id", "Id", server_set=True), Property("name", "String")),
+                     store=store)
+    plugin = Plugin(name="things", capabilities=(Capability("https://jmaple.test/things", data_types=(thing,)),))
+    with pytest.raises(RegistryError, match=f"plugin 'things', type 'Thing': .*{reason}"):
+        registry(tmp_path, plugin)
+
+
 def test_a_duplicate_type_name_fails_at_startup_naming_both_plugins(tmp_path):
-    other_note = DataType(name="Note", properties=(Property("id", "Id", server_set=True),), store=JsonObjects("x", "Note", ["id"]),
-                          standard_methods=())
+    other_note = DataType(name="Note", properties=(Property("id", "Id", server_set=True),),
+                          store=JsonObjects("x", "Note", ["id"]), standard_methods=())
     twin = Plugin(name="twin", capabilities=(Capability("https://jmaple.test/twin", data_types=(other_note,)),))
     with pytest.raises(RegistryError) as exc:
         registry(tmp_path, NOTES_PLUGIN, twin)

@@ -7,6 +7,7 @@ import pytest
 
 import notes
 from jmaple.app import open_runtime
+from jmaple.config import Config
 from jmaple.store import changes
 from jmaple.store.objects import JsonObjects
 from jmaple.users import create_user
@@ -147,3 +148,36 @@ def test_a_table_name_that_is_not_a_plain_identifier_is_refused(table):
 def test_the_properties_must_include_the_id():
     with pytest.raises(ValueError, match="include id"):
         JsonObjects("things", "Thing", ("name",))
+
+
+async def test_an_id_with_a_separator_in_it_does_not_shift_the_others(runtime, accounts):
+    """Ids made by a plugin itself may hold characters core ids never do; none may lend its object to another."""
+    [a, _] = accounts
+    s = store()
+    await write(runtime, a, insert=[{"id": "x y", "title": "XY"}, {"id": "z,\"", "title": "Z"}])
+    for _ in range(2):   # from the database, then from memory
+        _, found, objects = await read_json(runtime, s, a, ["x", "y", "x y", "z,\""])
+        assert found == ["x y", "z,\""] and [o["title"] for o in objects] == ["XY", "Z"]
+        assert (await read_json(runtime, s, a, ["x"]))[1:] == ([], [])
+        assert (await read_json(runtime, s, a, ["y"]))[1:] == ([], [])
+
+
+async def test_two_databases_in_one_process_never_answer_for_each_other(tmp_path, accounts, runtime):
+    """The same store object serves every database a process opens (tests open many): an account id and
+    state that happen to be the same in two of them must not share what is kept in memory."""
+    [a, _] = accounts
+    s = store()
+    async with runtime.db.read() as conn:
+        modseq = await conn.value("SELECT modseq FROM accounts WHERE id = ?", (a,))
+    await write(runtime, a, insert=[{"id": "t1", "title": "first database"}])
+    other_config = Config.for_tests(data_dir=tmp_path / "other")
+    async with open_runtime(other_config, [notes.PLUGIN]) as other:
+        async with other.db.write() as tx:   # the same account id, and the same state, in another database
+            await tx.execute("INSERT INTO users (id, login, password_hash, created_at) VALUES ('U', 'u', '', 0)")
+            await tx.execute("INSERT INTO accounts (id, owner_id, name, modseq, created_at) VALUES (?, 'U', 'u', ?, 0)",
+                             (a, modseq))
+        await write(other, a, insert=[{"id": "t1", "title": "second database"}])
+        assert (await read_json(runtime, s, a, ["t1"]))[2][0]["title"] == "first database"
+        first_state = (await read_json(runtime, s, a, ["t1"]))[0]
+        assert (await read_json(other, s, a, ["t1"]))[0] == first_state
+        assert (await read_json(other, s, a, ["t1"]))[2][0]["title"] == "second database"

@@ -131,32 +131,39 @@ class Limiter:
 
     def slot(self, user_id: str, limit_name: str, limit: int) -> contextlib.AbstractContextManager[None]:
         """Hold one of `limit` slots while inside; entering over the limit raises RequestError("limit")."""
-        return _Slot(self._counts, (user_id, limit_name), limit)
+        return _Slot(self, (user_id, limit_name), limit)
+
+    def take(self, key: tuple[str, str], limit: int) -> None:
+        """Take one of `limit` slots of key (user id, limit name), or raise RequestError("limit"); give
+        it back with give_back(key). slot() is the same as a context manager."""
+        count = self._counts.get(key, 0)
+        if count >= limit:
+            raise RequestError("limit", 400, f"already {count} in progress; {key[1]} is {limit}", limit=key[1])
+        self._counts[key] = count + 1
+
+    def give_back(self, key: tuple[str, str]) -> None:
+        left = self._counts[key] - 1
+        if left:
+            self._counts[key] = left
+        else:
+            del self._counts[key]
 
 
 class _Slot:
-    """Limiter.slot(): a plain class rather than a generator, as every API request takes one."""
+    """Limiter.slot()."""
 
-    __slots__ = ("_counts", "_key", "_limit")
+    __slots__ = ("_limiter", "_key", "_limit")
 
-    def __init__(self, counts: dict[tuple[str, str], int], key: tuple[str, str], limit: int):
-        self._counts = counts
+    def __init__(self, limiter: Limiter, key: tuple[str, str], limit: int):
+        self._limiter = limiter
         self._key = key
         self._limit = limit
 
     def __enter__(self) -> None:
-        count = self._counts.get(self._key, 0)
-        if count >= self._limit:
-            raise RequestError("limit", 400, f"already {count} in progress; {self._key[1]} is {self._limit}",
-                               limit=self._key[1])
-        self._counts[self._key] = count + 1
+        self._limiter.take(self._key, self._limit)
 
     def __exit__(self, *exc_info: object) -> None:
-        left = self._counts[self._key] - 1
-        if left:
-            self._counts[self._key] = left
-        else:
-            del self._counts[self._key]
+        self._limiter.give_back(self._key)
 
 
 def origin_allowed(origin: str, allowed: tuple[str, ...]) -> bool:
@@ -169,7 +176,7 @@ def origin_allowed(origin: str, allowed: tuple[str, ...]) -> bool:
     return False
 
 
-Gate = Callable[[web.Request], Awaitable["web.StreamResponse | None"]]
+Gate = Callable[[web.Request], "Awaitable[web.StreamResponse | None] | None"]
 
 
 def front(server: ServerConfig, gate: Gate) -> Callable[[Handler], Handler]:
@@ -180,7 +187,8 @@ def front(server: ServerConfig, gate: Gate) -> Callable[[Handler], Handler]:
     - CORS for browser clients: a preflight is answered without credentials, allowed origins echoed;
     - problems: RequestError -> problem+json; aiohttp's own HTTP errors keep their status; anything
       else is a logged 500;
-    - `gate` (auth.auth_gate): None once the request carries its Principal, else the 401 to send.
+    - `gate` (auth.auth_gate): None once the request carries its Principal, else an awaitable of None
+      or of the 401 to send.
     """
     allowed = server.cors_origins
 
@@ -191,7 +199,8 @@ def front(server: ServerConfig, gate: Gate) -> Callable[[Handler], Handler]:
             if request.method == "OPTIONS":
                 return _preflight(request, origin if cors else None)
             try:
-                refused = await gate(request)
+                pending = gate(request)
+                refused = None if pending is None else await pending
                 response = await handler(request) if refused is None else refused
             except RequestError as exc:
                 response = problem(exc.status, exc.type, exc.detail, **exc.extra)
@@ -242,6 +251,7 @@ class _Lines:
     def __init__(self) -> None:
         self.lines: list[tuple[Any, ...]] = []
         self.scheduled = False
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._second = -1
         self._stamp = ""
         # Under systemd the journal stamps each line itself.
@@ -250,7 +260,8 @@ class _Lines:
 
     def schedule(self) -> None:
         self.scheduled = True
-        asyncio.get_running_loop().call_later(AccessLogger.FLUSH_SECONDS, self.flush)
+        self.loop = asyncio.get_running_loop()
+        self.loop.call_later(AccessLogger.FLUSH_SECONDS, self.flush)
 
     def _stamp_of(self, second: int) -> str:
         if not self.timestamps:
@@ -292,6 +303,8 @@ class AccessLogger(AbstractAccessLogger):
         global _LINES
         if _LINES is None:
             _LINES = _Lines()
+        elif _LINES.scheduled and _LINES.loop is not None and _LINES.loop.is_closed():
+            _LINES.flush()   # the loop that was to flush is gone (a process may run one after another)
         self._out = _LINES
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:

@@ -29,6 +29,11 @@ async def api(request: web.Request) -> web.StreamResponse:
     body = parse_json(raw)
     # No value nests deeper than the body has brackets: most requests need no walk of their arguments.
     depth = raw.count(b"[") + raw.count(b"{")
-    with app[LIMITER].slot(principal.user_id, "maxConcurrentRequests", limits.max_concurrent_requests):
+    limiter = app[LIMITER]
+    slot = (principal.user_id, "maxConcurrentRequests")
+    limiter.take(slot, limits.max_concurrent_requests)
+    try:
         response = await app[DISPATCHER].handle(principal, body, max_depth=depth)
+    finally:
+        limiter.give_back(slot)
     return await json_reply(request, response)

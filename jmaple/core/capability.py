@@ -85,8 +85,10 @@ class Store(Protocol):
 
     A store may also have `get_json(conn, account_id, ids) -> (state, ids found, JSON array)`: what get()
     answers, still encoded (every object with exactly the type's properties), and the type's state as of
-    that data (never newer). The standard /get then sends that JSON as it is when a request asks for all
-    properties (jmaple.store.objects.JsonObjects has it).
+    that data (never newer). The standard /get then sends that JSON as it is (an orjson.Fragment in its
+    "list") when a request asks for all properties and no later call refers to the result: a method that
+    wraps standard_get and edits the list must name the properties (jmaple.store.objects.JsonObjects has
+    get_json). `check_type(data_type) -> reason | None`, if a store has it, runs when the registry loads.
     """
 
     async def get(self, conn: Conn, account_id: str, ids: Sequence[str] | None) -> list[dict[str, Any]]: ...
@@ -223,6 +225,10 @@ class Registry:
                 self.capabilities[cap.urn] = cap
                 for data_type in cap.data_types:
                     claim("type", data_type.name, plugin)
+                    check_type = getattr(data_type.store, "check_type", None)
+                    problem = check_type(data_type) if check_type is not None else None
+                    if problem:
+                        raise RegistryError(f"plugin {plugin.name!r}, type {data_type.name!r}: {problem}")
                     self.types[data_type.name] = data_type
                     self.type_capability[data_type.name] = cap.urn
                     self.push_types[data_type.name] = cap.urn

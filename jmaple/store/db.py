@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.resources
+import itertools
 import logging
 import re
 import sqlite3
@@ -73,10 +74,11 @@ class _Reader:
     thread, which waits up to the configured timeout.
     """
 
-    __slots__ = ("aio", "raw", "slow", "busy_ms", "inflight", "wall_deadline", "cpu_deadline")
+    __slots__ = ("aio", "raw", "slow", "busy_ms", "inflight", "wall_deadline", "cpu_deadline", "serial")
 
-    def __init__(self, aio: aiosqlite.Connection, slow: dict[str, float], busy_timeout: float):
+    def __init__(self, aio: aiosqlite.Connection, slow: dict[str, float], busy_timeout: float, serial: int):
         self.aio = aio
+        self.serial = serial   # of its Database
         self.raw: sqlite3.Connection = aio._conn   # opened with check_same_thread=False
         self.slow = slow
         self.busy_ms = int(busy_timeout * 1000)
@@ -160,6 +162,11 @@ class Conn:
         self._c = connection
         self._reader = reader
         self._queued: list[Later[Any]] = []
+
+    @property
+    def reader_of(self) -> int | None:
+        """The serial of the Database whose reader this is; None for the writer (a transaction)."""
+        return self._reader.serial if self._reader is not None else None
 
     async def all(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
         try:
@@ -311,10 +318,14 @@ class Transaction(Conn):
         self._after_commit.append(callback)
 
 
+_DATABASES = itertools.count(1)
+
+
 class Database:
     """The one SQLite database of a data directory."""
 
     def __init__(self, path: Path, storage: StorageConfig, clock: Callable[[], float]):
+        self.serial = next(_DATABASES)   # tells apart the databases one process opens (e.g. in tests)
         self.path = path
         self.storage = storage
         self.clock = clock
@@ -367,7 +378,8 @@ class Database:
         if mode != "wal":
             raise RuntimeError(f"{self.path}: could not switch to WAL mode (got {mode})")
         for _ in range(self.storage.readers):
-            reader = _Reader(await self._connection(readonly=True), self._slow, self.storage.busy_timeout)
+            reader = _Reader(await self._connection(readonly=True), self._slow, self.storage.busy_timeout,
+                             self.serial)
             self._all_readers.append(reader)
             self._readers.put_nowait(reader)
 
