@@ -19,7 +19,7 @@ def add_routes(app: web.Application, front: Callable[[Handler], Handler]) -> Non
         ("GET", "/.well-known/jmap", session.well_known),
         ("GET", "/healthz", session.healthz),
         ("GET", "/jmap/session", session.session),
-        ("POST", "/jmap/api", request.api),
+        ("POST", "/jmap/api", request.make_api(app)),
         ("POST", "/jmap/upload/{accountId}/", blobs.upload),
         ("GET", "/jmap/download/{accountId}/{blobId}/{name}", blobs.download),
         ("GET", "/jmap/eventsource", eventsource.eventsource),

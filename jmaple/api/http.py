@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 GZIP_MIN = 1024               # smaller JSON bodies are sent as they are
 GZIP_FAST_MIN = 64 * 1024     # from here on gzip level 1 (~2x faster than 6 on JSON, ~10% larger)
-GZIP_OFFLOAD_MIN = 64 * 1024  # from here on json_reply compresses on a worker thread
+GZIP_OFFLOAD_MIN = 64 * 1024  # from here on encoded_reply compresses on a worker thread
 
 
 def accepts_gzip(header: str) -> bool:
@@ -73,17 +73,16 @@ def _json(data: bytes, status: int, gzip: bool | None) -> web.Response:
 def json_response(request: web.Request, body: Any, status: int = 200) -> web.Response:
     """orjson-encoded JSON, gzip-compressed when the client accepts it and it is worth it.
 
-    It compresses on the event loop: for bodies that stay small; json_reply takes any size.
+    It compresses on the event loop: for bodies that stay small; encoded_reply takes any size.
     """
     data = orjson.dumps(body)
     gzip = _gzip_wanted(request, data)
     return _json(_gzip(data) if gzip else data, status, gzip)
 
 
-async def json_reply(request: web.Request, body: Any, status: int = 200) -> web.Response:
-    """json_response for bodies of any size: a large one is compressed on a worker thread (zlib lets go
-    of the GIL), so the event loop keeps serving other requests meanwhile."""
-    data = orjson.dumps(body)
+async def encoded_reply(request: web.Request, data: bytes, status: int = 200) -> web.Response:
+    """JSON already encoded, for bodies of any size: a large one is compressed on a worker thread (zlib
+    lets go of the GIL), so the event loop keeps serving other requests meanwhile."""
     gzip = _gzip_wanted(request, data)
     if gzip:
         if len(data) >= GZIP_OFFLOAD_MIN:
