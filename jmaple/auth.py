@@ -95,7 +95,7 @@ class Authenticator:
     def recent(self, header: str) -> Principal | None:
         """The Principal behind `header` if it was verified less than CACHE_SECONDS ago, else None: the
         usual case, answered without awaiting anything."""
-        key = hashlib.sha256(header.encode("utf-8", "surrogatepass")).digest()
+        key = secret_hash(header)
         entry = self._cache.get(key)
         if entry is not None and self.clock() - entry.checked_at < CACHE_SECONDS:
             self._cache.move_to_end(key)
@@ -104,7 +104,7 @@ class Authenticator:
 
     async def authenticate(self, header: str) -> Principal | None:
         """The Principal behind an Authorization header value, or None."""
-        key = hashlib.sha256(header.encode("utf-8", "surrogatepass")).digest()
+        key = secret_hash(header)
         entry = self._cache.get(key)
         if entry is not None:
             self._cache.move_to_end(key)
@@ -124,7 +124,7 @@ class Authenticator:
         that started before a change may miss it, but then its principal's version is already stale and
         the next check verifies again.
         """
-        key = hashlib.sha256(header.encode("utf-8", "surrogatepass")).digest()
+        key = secret_hash(header)
         return await self._shared(self._revalidating, key, lambda: self._verify_and_cache(key, header))
 
     @staticmethod

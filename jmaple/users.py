@@ -65,7 +65,7 @@ async def delete_user(runtime: Runtime, login: str) -> None:
         for plugin in runtime.registry.plugins:
             if plugin.on_account_deleted is not None:
                 await plugin.on_account_deleted(tx, user.account_id, runtime)
-        # Before the user goes: the cascade would delete them without erasing their URLs and keys.
+        # Before the user goes, so that we learn whether any existed (the WAL then needs erasing too).
         destroyed = await push_store.destroy_for_user(tx, user.id)
         await accounts.delete_user(tx, user.id)
     if destroyed:
@@ -114,7 +114,7 @@ async def revoke_credential(runtime: Runtime, login: str, credential_id: str) ->
     working within a second. Raises NotFound."""
     user = await find_user(runtime, login)
     async with runtime.db.write() as tx:
-        # First: the foreign key's cascade would delete them without erasing their URLs and keys.
+        # First, so that we learn whether any existed (the WAL then needs erasing too).
         destroyed = await push_store.destroy_for_credential(tx, user.id, credential_id)
         try:
             await accounts.revoke_credential(tx, user.id, credential_id)

@@ -12,11 +12,10 @@ import sqlite3
 import pytest
 
 from conftest import CORE, add_user, basic, logged_in, share
-from jmaple.app import DATABASE_FILE, make_app
+from jmaple.app import DATABASE_FILE
 from jmaple.config import Config
 from jmaple.keys import LIMITER, RUNTIME
 from jmaple.store.accounts import user_by_login
-from notes import PLUGIN as NOTES_PLUGIN
 from test_store_blobs import Clock
 
 ID = re.compile(r"[A-Za-z0-9_-]{1,255}")
@@ -447,14 +446,11 @@ async def test_an_upload_while_another_process_holds_the_database_is_503_without
     """A database locked past [storage] busy_timeout is a passing condition: 503 problem+json with
     Retry-After, nothing logged as an error; the same upload succeeds once the lock is gone."""
     config = Config.for_tests(tmp_path / "data", storage={"busy_timeout": 0.1})
-    client = await aiohttp_client(make_app(config, capabilities=[NOTES_PLUGIN]))
-    user = await add_user(client, "alice@example.org")
-    client.auth = basic("alice@example.org")
-    client.account_id = user.account_id
+    client = await logged_in(aiohttp_client, config)
     other = sqlite3.connect(config.data_dir / DATABASE_FILE, isolation_level=None)
     try:
         other.execute("BEGIN IMMEDIATE")
-        resp = await client.post(f"/jmap/upload/{user.account_id}/", data=b"hello",
+        resp = await client.post(f"/jmap/upload/{client.account_id}/", data=b"hello",
                                  headers=client.headers({"Content-Type": "text/plain"}))
         await assert_problem(resp, 503, type="about:blank")
         assert resp.headers["Retry-After"].isdigit()

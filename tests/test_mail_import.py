@@ -197,6 +197,15 @@ async def test_the_whole_hostile_corpus_imports(mail):
 
 # --- Email/parse (§4.9) ---------------------------------------------------------------------------------------
 
+async def test_parse_of_properties_without_blob_ids_answers_them_alone(mail):
+    """Email/parse asked for no property that holds a blobId: the same answers, nothing else made."""
+    raw = message("Only the subject", "p@x").replace(b"Hi there.", b"Hi\x00 there.")
+    blob = await mail.upload(raw, "message/rfc822")
+    result = await call(mail, "Email/parse", {"blobIds": [blob["blobId"]], "properties": ["subject", "size"]})
+    assert result["parsed"] == {blob["blobId"]: {"subject": "Only the subject", "size": len(raw) - 1}}
+    assert not result["notParsable"] and not result["notFound"]
+
+
 async def test_parse_returns_an_email_without_storing_it(mail):
     """RFC 8621 §4.9: id, mailboxIds, keywords, receivedAt and threadId are null; nothing is stored."""
     raw = message("Parsed", "p@x")

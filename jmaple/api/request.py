@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from aiohttp import hdrs, web
 
-from jmaple.api.http import GZIP_MIN, encoded_reply, read_body
+from jmaple.api.http import GZIP_OFFLOAD_MIN, encoded_reply, encoded_response, read_body
 from jmaple.core.errors import RequestError
 from jmaple.keys import CONFIG, DISPATCHER, LIMITER, principal_of
 
@@ -46,8 +46,8 @@ def make_api(app: web.Application) -> Callable[[web.Request], Awaitable[web.Stre
         finally:
             limiter.give_back(slot)
         data = orjson.dumps(response)
-        if len(data) < GZIP_MIN:   # most answers: as they are, at once
-            return web.Response(body=data, content_type="application/json")
+        if len(data) < GZIP_OFFLOAD_MIN:   # most answers: at once, without another coroutine
+            return encoded_response(request, data)
         return await encoded_reply(request, data)
 
     return api

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -173,9 +173,8 @@ def select(objects: Iterable[dict[str, Any]], properties: list[str]) -> list[dic
     return [o if o.keys() == wanted else {p: o.get(p) for p in properties} for o in objects]
 
 
-def not_in(ids: list[str], found: list[str]) -> list[str]:
-    have = set(found)
-    return [i for i in ids if i not in have]
+def not_in(ids: list[str], found: Container[str]) -> list[str]:
+    return [i for i in ids if i not in found]
 
 
 async def standard_get(ctx: MethodContext, args: dict[str, Any], data_type: DataType) -> dict[str, Any]:
@@ -197,7 +196,7 @@ async def standard_get(ctx: MethodContext, args: dict[str, Any], data_type: Data
             "accountId": ctx.account_id,
             "state": state,
             "list": orjson.Fragment(encoded),
-            "notFound": [] if ids is None or len(found_ids) == len(ids) else not_in(ids, found_ids),
+            "notFound": [] if ids is None or len(found_ids) == len(ids) else not_in(ids, set(found_ids)),
         }
     # The state is read first (so it is never newer than the objects), in the same hop as the store's
     # first statement.
@@ -210,7 +209,7 @@ async def standard_get(ctx: MethodContext, args: dict[str, Any], data_type: Data
     else:
         by_id = {o["id"]: o for o in objects}
         found = [by_id[i] for i in ids if i in by_id]
-        not_found = [i for i in ids if i not in by_id] if len(found) < len(ids) else []
+        not_found = not_in(ids, by_id) if len(found) < len(ids) else []
     return {
         "accountId": ctx.account_id,
         "state": await state_later,

@@ -511,6 +511,7 @@ async def email_parse(ctx: MethodContext, args: dict[str, Any]) -> dict[str, Any
     parsed: dict[str, Any] = {}
     not_parsable: list[str] = []
     contents: dict[str, bytes] = {}
+    shows_blob_ids = _shows_blob_ids(g)
     for blob_id in blob_ids:
         raw = raws.get(blob_id)
         if raw is None:
@@ -524,12 +525,13 @@ async def email_parse(ctx: MethodContext, args: dict[str, Any]) -> dict[str, Any
             not_parsable.append(blob_id)
             continue
         own_id = blob_id if raw is raws[blob_id] else blob_id_of(raw)
-        if own_id != blob_id:
-            contents[own_id] = raw
         part_blobs: dict[str, str] = {}
-        for part_id, data in part_contents(raw, message).items():
-            part_blobs[part_id] = blob_id_of(data)
-            contents[part_blobs[part_id]] = data
+        if shows_blob_ids:   # else no blob id is shown: nothing to hash or keep
+            if own_id != blob_id:
+                contents[own_id] = raw
+            for part_id, data in part_contents(raw, message).items():
+                part_blobs[part_id] = blob_id_of(data)
+                contents[part_blobs[part_id]] = data
         row = storage.EmailRow("", own_id, "", message.size, 0, message.has_attachment, message.preview, (), (),
                                None)
         obj = _render(g, row, message, part_blobs, raw)
@@ -537,7 +539,7 @@ async def email_parse(ctx: MethodContext, args: dict[str, Any]) -> dict[str, Any
             if prop in obj:
                 obj[prop] = None
         parsed[blob_id] = obj
-    if contents and _shows_blob_ids(g):
+    if contents:
         await _make_readable(ctx, contents)
     return {"accountId": ctx.account_id, "parsed": parsed or None, "notParsable": not_parsable or None,
             "notFound": [b for b in blob_ids if b not in raws] or None}

@@ -15,7 +15,7 @@ from typing import IO, Any
 from jmaple.core.capability import Command
 from jmaple.core.context import Runtime
 from jmaple.mail import mailbox, storage
-from jmaple.mail.ingest import ImportItem, import_messages
+from jmaple.mail.ingest import ImportItem, import_messages, keyword
 from jmaple.store import changes
 from jmaple.store.blobs import blob_id_of
 from jmaple.store.db import Transaction
@@ -33,8 +33,6 @@ SPECIAL_USE = {
 }
 # Maildir info flags (the "2," part of a file name) -> keywords; T (trashed) is handled apart.
 FLAG_KEYWORDS = {"S": "$seen", "R": "$answered", "F": "$flagged", "D": "$draft", "P": "$forwarded"}
-# RFC 8621 §4.1.1: a keyword is 1-255 of %x21-%x7E except ( ) { ] % * " \
-_KEYWORD = re.compile(r"[!#$&'+-\[^-z|}~]{1,255}")
 _MBOX_FROM = re.compile(rb"^From (?:\S*)\s+(.*)$")
 _ESCAPED_FROM = re.compile(rb"^>(>*From )", re.MULTILINE)
 _SKIPPED_NAMES = {"dovecot-keywords", "dovecot-uidlist", "dovecot-uidvalidity", "dovecot.index", "maildirfolder",
@@ -42,8 +40,8 @@ _SKIPPED_NAMES = {"dovecot-keywords", "dovecot-uidlist", "dovecot-uidvalidity", 
 
 
 def is_keyword(word: str) -> bool:
-    # fullmatch: "$" would also match before a trailing newline.
-    return _KEYWORD.fullmatch(word) is not None
+    """RFC 8621 §4.1.1, as Email/set and Email/import check it."""
+    return keyword(word) is not None
 
 
 # --- sources --------------------------------------------------------------------------------------

@@ -180,9 +180,10 @@ async def import_messages(tx: Transaction, runtime: Runtime, account_id: str, it
         except mime.NotParsable:
             results.append(SetError("invalidEmail", "the blob is not a message: it has no header field"))
             continue
-        if max_attachment_bytes is not None and attachment_bytes(prepared.message) > max_attachment_bytes:
-            results.append(SetError("tooLarge", f"its attachments total {attachment_bytes(prepared.message)} "
-                                    f"octets, more than maxSizeAttachmentsPerEmail ({max_attachment_bytes})"))
+        if max_attachment_bytes is not None \
+                and (attached := attachment_bytes(prepared.message)) > max_attachment_bytes:
+            results.append(SetError("tooLarge", f"its attachments total {attached} octets, more than "
+                                    f"maxSizeAttachmentsPerEmail ({max_attachment_bytes})"))
             continue
         results.append(None)
         ready.append((n, ImportItem(prepared.raw, tuple(boxes), tuple(dict.fromkeys(words)),  # type: ignore[arg-type]

@@ -298,7 +298,6 @@ class _SetBatch:
         self.update = update
         self.destroy = {ctx.resolve_id(i) or i for i in destroy}
         self.nodes: dict[str, _Node] | None = None       # the mailboxes as they stand within the call
-        self.objects: dict[str, dict[str, Any]] = {}
         self.final: dict[str, _Node] | None = None       # what the planned updates make of their mailboxes
         self.refused: dict[str, SetFailure] = {}
         self.pending: set[str] = set()                   # planned updates not processed yet

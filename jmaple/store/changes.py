@@ -117,13 +117,9 @@ def state_later(conn: Conn, account_id: str, type_name: str) -> Later[str]:
     return conn.later(_STATE, (account_id, type_name), _state_string)
 
 
-async def state_and_horizon(conn: Conn, account_id: str, type_name: str) -> tuple[int, int]:
-    """(modseq, horizon) of the type: its state and the oldest state /changes can still answer from."""
-    return _state_and_horizon(await conn.all(_STATE, (account_id, type_name)))
-
-
 def state_and_horizon_later(conn: Conn, account_id: str, type_name: str) -> Later[tuple[int, int]]:
-    """state_and_horizon(), read in the same hop as conn's next statement and before it (Conn.later)."""
+    """(modseq, horizon) of the type: its state and the oldest state /changes can still answer from, read
+    in the same hop as conn's next statement and before it (Conn.later)."""
     return conn.later(_STATE, (account_id, type_name), _state_and_horizon)
 
 
