@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -22,6 +22,18 @@ def newer_state(later: str, earlier: str) -> str:
         return earlier if int(earlier) > int(later) else later
     except ValueError:
         return later
+
+
+def merge_states(into: dict[str, str], type_states: Mapping[str, str], *,
+                 arrived_later: bool = True) -> None:
+    """Merge type_states into `into`, keeping each type's newer state (newer_state); type_states arrived
+    after what `into` holds, unless arrived_later is False."""
+    for type_name, state in type_states.items():
+        old = into.get(type_name)
+        if old is None:
+            into[type_name] = state
+        else:
+            into[type_name] = newer_state(state, old) if arrived_later else newer_state(old, state)
 
 
 Sink = Callable[[Changed], bool]
@@ -56,9 +68,7 @@ class Subscription:
         if merged is None:
             self.pending[account_id] = dict(type_states)
         else:
-            for type_name, state in type_states.items():
-                old = merged.get(type_name)
-                merged[type_name] = state if old is None else newer_state(state, old)
+            merge_states(merged, type_states)
         self._wake()
 
     def _wake(self) -> None:

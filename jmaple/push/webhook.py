@@ -35,7 +35,7 @@ from jmaple.config import PushConfig
 from jmaple.core import push_state
 from jmaple.core.context import Runtime
 from jmaple.push import webpush
-from jmaple.push.broker import newer_state
+from jmaple.push.broker import merge_states
 from jmaple.push.webpush import VapidKey
 from jmaple.store import changes
 from jmaple.store import push as store
@@ -356,10 +356,7 @@ class WebhookDelivery:
         """The broker's on_publish hook: remember the newest states and wake the intake; never waits."""
         if not self._running or not type_states:
             return
-        merged = self._incoming.setdefault(account_id, {})
-        for type_name, state in type_states.items():
-            old = merged.get(type_name)
-            merged[type_name] = state if old is None else newer_state(state, old)
+        merge_states(self._incoming.setdefault(account_id, {}), type_states)
         self._wake.set()
 
     async def _intake(self) -> None:
@@ -400,10 +397,7 @@ class WebhookDelivery:
                 self._seq = max(self._seq, await changes.current_seq(tx))
         except (Busy, asyncio.CancelledError):
             for account_id, type_states in batch.items():   # put it back under what arrived since
-                merged = self._incoming.setdefault(account_id, {})
-                for type_name, state in type_states.items():
-                    old = merged.get(type_name)
-                    merged[type_name] = state if old is None else newer_state(old, state)
+                merge_states(self._incoming.setdefault(account_id, {}), type_states, arrived_later=False)
             raise
         if expired:
             self.erase_soon()
