@@ -88,7 +88,6 @@ class Authenticator:
         self._cache: OrderedDict[bytes, _Entry] = OrderedDict()
         self._inflight: dict[bytes, asyncio.Future[Principal | None]] = {}      # verifications
         self._rechecks: dict[bytes, asyncio.Future[Principal | None]] = {}      # version re-reads
-        self._revalidating: dict[bytes, asyncio.Future[Principal | None]] = {}  # revalidate()
         self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._dummy_hash = hash_password(secrets.token_hex(8), config)
 
@@ -120,12 +119,12 @@ class Authenticator:
         """The Principal behind `header` as the store has it now, bypassing the cache (and refreshing it).
 
         For open streams after a change to their user: authenticate() may answer from before the change
-        for up to CACHE_SECONDS. Concurrent calls for the same credentials share one verification; one
-        that started before a change may miss it, but then its principal's version is already stale and
-        the next check verifies again.
+        for up to CACHE_SECONDS. Concurrent verifications of the same credentials (authenticate's too) are
+        shared; one that started before a change may miss it, but then its principal's version is already
+        stale and the next check verifies again.
         """
         key = secret_hash(header)
-        return await self._shared(self._revalidating, key, lambda: self._verify_and_cache(key, header))
+        return await self._shared(self._inflight, key, lambda: self._verify_and_cache(key, header))
 
     @staticmethod
     async def _shared(table: dict[bytes, asyncio.Future[Principal | None]], key: bytes,
